@@ -1,0 +1,28 @@
+"""The storage engine: records of cached calls in LMDB environments, one per leaf folder.
+
+It knows leaf folders, buckets, digests, records, durability and lock scopes, and nothing about
+Python functions; it never imports the API layer. Its surface is deliberately small so that
+another backend can stand behind it later.
+"""
+
+from .durability import Durability
+from .environments import POOL, EnvironmentPool, check_folder, store_exists
+from .errors import (
+    CorruptStoreError,
+    EngineError,
+    ForeignFolderError,
+    StoreFormatError,
+    UnsafeFilesystemError,
+)
+from .filesystem import ensure_local_filesystem, make_private_dirs
+from .keys import DIGEST_SIZE, MAX_BUCKET
+from .locks import LockScope, Timeout, lock_path, scope_lock
+from .records import Record, RecordKind
+from .store import Store, StoreStats
+
+__all__ = [
+    "DIGEST_SIZE", "MAX_BUCKET", "POOL", "CorruptStoreError", "Durability", "EngineError",
+    "EnvironmentPool", "ForeignFolderError", "LockScope", "Record", "RecordKind", "Store",
+    "StoreFormatError", "StoreStats", "Timeout", "UnsafeFilesystemError", "check_folder",
+    "ensure_local_filesystem", "lock_path", "make_private_dirs", "scope_lock", "store_exists",
+]

@@ -1,0 +1,25 @@
+"""Errors raised by the storage engine.
+
+Each message names the folder it is about and says what the user can do, because the person
+reading it is usually looking at a failed pipeline, not at this code.
+"""
+
+
+class EngineError(Exception):
+    """Base class for every error the engine raises on purpose."""
+
+
+class UnsafeFilesystemError(EngineError, OSError):
+    """The cache folder is on a filesystem where LMDB cannot lock safely (NFS, Lustre, SMB, ...)."""
+
+
+class CorruptStoreError(EngineError):
+    """An LMDB environment exists but cannot be read. Nothing is deleted: the user decides."""
+
+
+class ForeignFolderError(EngineError):
+    """A folder where a store should be holds something else (for example 0.0.7 `.pkl` buckets)."""
+
+
+class StoreFormatError(EngineError):
+    """A store or record was written by a newer format version than this engine understands."""

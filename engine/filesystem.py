@@ -1,0 +1,108 @@
+"""Filesystem checks: refuse network filesystems, create folders owner-only.
+
+LMDB coordinates processes through a lock file that it memory-maps; on a network filesystem that
+map is not shared between clients (nor, reliably, between processes of one host), so concurrent
+writers can lose data. We look up the filesystem type of a cache folder in the kernel's mount
+table once per device and refuse the unsafe ones with a message that says what to do instead.
+"""
+
+import os
+import stat
+import threading
+from typing import Dict, Optional, Tuple
+
+from .errors import UnsafeFilesystemError
+
+#: Filesystem types (as the kernel names them in /proc/self/mountinfo) where LMDB is unsafe.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "lustre", "gpfs", "beegfs",
+    "ceph", "glusterfs", "ocfs2", "gfs2", "afs", "9p", "ncpfs", "davfs", "pvfs2", "orangefs",
+    "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone",
+    "fuse.juicefs", "fuse.davfs2", "fuse.lustre", "fuse.beegfs",
+})
+
+MOUNTINFO_PATH = "/proc/self/mountinfo"
+_checked_devices: Dict[int, Tuple[str, str]] = {}
+_checked_lock = threading.Lock()
+
+
+def parse_mountinfo(text: str) -> Dict[int, Tuple[str, str]]:
+    """Map device numbers to ``(filesystem type, mount point)`` from mountinfo text.
+
+    Format (proc(5)): ``id parent major:minor root mount_point options [optional...] - fstype
+    source super_options``; the fields after the ``-`` separator start with the type.
+    """
+    devices: Dict[int, Tuple[str, str]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if "-" not in fields or len(fields) < 7:
+            continue
+        separator = fields.index("-")
+        if separator + 1 >= len(fields):
+            continue
+        major, _, minor = fields[2].partition(":")
+        try:
+            device = os.makedev(int(major), int(minor))
+        except ValueError:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        devices[device] = (fields[separator + 1], mount_point)
+    return devices
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def filesystem_of(path: str, mountinfo_text: Optional[str] = None) -> Optional[Tuple[str, str]]:
+    """``(filesystem type, mount point)`` of the folder holding ``path``, or None if unknown."""
+    device = os.stat(_nearest_existing(path)).st_dev
+    if mountinfo_text is None:
+        try:
+            with open(MOUNTINFO_PATH, encoding="utf-8", errors="replace") as handle:
+                mountinfo_text = handle.read()
+        except OSError:
+            return None  # not Linux, or /proc hidden: nothing to check against
+    return parse_mountinfo(mountinfo_text).get(device)
+
+
+def ensure_local_filesystem(path: str, mountinfo_text: Optional[str] = None) -> None:
+    """Raise :class:`UnsafeFilesystemError` if ``path`` is on a network filesystem.
+
+    The answer is cached per device, so the check costs one ``stat`` after the first time.
+    """
+    device = os.stat(_nearest_existing(path)).st_dev
+    if mountinfo_text is None:
+        with _checked_lock:
+            known = _checked_devices.get(device)
+        if known is None:
+            known = filesystem_of(path) or ("unknown", "")
+            with _checked_lock:
+                _checked_devices[device] = known
+    else:
+        known = filesystem_of(path, mountinfo_text) or ("unknown", "")
+    fstype, mount_point = known
+    if fstype in NETWORK_FILESYSTEMS or fstype.startswith(("nfs", "smb")):
+        raise UnsafeFilesystemError(
+            f"The cache folder {path} is on a network filesystem ({fstype}, mounted at "
+            f"{mount_point}). LMDB, which stores this cache, keeps its lock in a shared memory "
+            "map that network filesystems do not share between processes, so concurrent jobs "
+            "could lose or corrupt cached results. Point persist_path at a local disk instead "
+            "(for example node-local scratch or /tmp), with "
+            "persist_to_disk.config.set_persist_path(...) or persist_path in config.ini."
+        )
+
+
+def make_private_dirs(path: str) -> None:
+    """Create ``path`` and its missing parents owner-only (0700).
+
+    Cached results are pickles and unpickling runs code, so a cache folder is trusted code:
+    other users must not be able to plant files in it.
+    """
+    os.makedirs(path, mode=stat.S_IRWXU, exist_ok=True)

@@ -1,0 +1,52 @@
+"""Layout of LMDB keys: ``bucket (4 bytes) | digest (16 bytes) | sequence (8 bytes)``.
+
+The bucket prefix keeps one bucket's records together so a bucket can be scanned (for export and
+for the bucket-scoped lock); the sequence number makes the store append-only: a recompute writes
+the next sequence, and a reader takes the highest one. Big-endian integers sort like numbers.
+"""
+
+import struct
+
+DIGEST_SIZE = 16
+BUCKET_SIZE = 4
+SEQUENCE_SIZE = 8
+PREFIX_SIZE = BUCKET_SIZE + DIGEST_SIZE
+MAX_BUCKET = 0xFFFFFFFE  # 0xFFFFFFFF is reserved for the store's own metadata
+META_KEY = b"\xff\xff\xff\xff" + b"meta"
+_LAST_SEQUENCE = b"\xff" * SEQUENCE_SIZE
+_BUCKET = struct.Struct(">I")
+_SEQUENCE = struct.Struct(">Q")
+
+
+def record_prefix(bucket: int, digest: bytes) -> bytes:
+    """The part of the key shared by every version of one call's record."""
+    if len(digest) != DIGEST_SIZE:
+        raise ValueError(f"digest must be {DIGEST_SIZE} bytes, got {len(digest)}")
+    if not 0 <= bucket <= MAX_BUCKET:
+        raise ValueError(f"bucket must be in [0, {MAX_BUCKET}], got {bucket}")
+    return _BUCKET.pack(bucket) + digest
+
+
+def bucket_prefix(bucket: int) -> bytes:
+    return _BUCKET.pack(bucket)
+
+
+def after_last_version(prefix: bytes) -> bytes:
+    """A key that sorts after every version of ``prefix``: seek here, then step back once."""
+    return prefix + _LAST_SEQUENCE
+
+
+def record_key(prefix: bytes, sequence: int) -> bytes:
+    return prefix + _SEQUENCE.pack(sequence)
+
+
+def split_key(key: bytes):
+    """Return ``(bucket, digest, sequence)`` of a record key."""
+    bucket = _BUCKET.unpack_from(key, 0)[0]
+    digest = bytes(key[BUCKET_SIZE:PREFIX_SIZE])
+    sequence = _SEQUENCE.unpack_from(key, PREFIX_SIZE)[0]
+    return bucket, digest, sequence
+
+
+def is_record_key(key: bytes) -> bool:
+    return len(key) == PREFIX_SIZE + SEQUENCE_SIZE and not key.startswith(META_KEY[:BUCKET_SIZE])

@@ -1,0 +1,230 @@
+"""A store: the records of one leaf folder, in one LMDB environment.
+
+This is the engine's whole surface for the layer above: look up the newest record of a call,
+append a record, append a tombstone, scan, clear, stats and a small metadata document. Records
+are never rewritten in place; the newest sequence of a (bucket, digest) wins.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import lmdb
+
+from . import keys
+from .durability import Durability
+from .environments import DATA_FILE, POOL, EnvironmentPool, store_exists
+from .errors import StoreFormatError
+from .records import Record, RecordKind, decode_record, encode_record
+
+STORE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    path: str
+    entries: int          # calls whose newest record holds a value
+    versions: int         # every record, superseded ones and tombstones included
+    tombstones: int       # calls whose newest record is a deletion
+    live_bytes: int       # bytes of the newest value records
+    file_bytes: int       # size of data.mdb on disk
+
+
+def _newest(txn: "lmdb.Transaction", prefix: bytes) -> Optional[Tuple[bytes, bytes]]:
+    cursor = txn.cursor()
+    found = cursor.set_range(keys.after_last_version(prefix)) and cursor.prev()
+    if not found:
+        found = cursor.last()
+    if found:
+        key = cursor.key()
+        if key[:keys.PREFIX_SIZE] == prefix:
+            return key, cursor.value()
+    return None
+
+
+class Store:
+    """Records of one leaf folder. Cheap to construct; the environment opens on first use."""
+
+    def __init__(self, path: str, durability: Durability = Durability.STANDARD,
+                 pool: EnvironmentPool = POOL) -> None:
+        self.path = os.path.abspath(path)
+        self.durability = Durability.parse(durability)
+        self._pool = pool
+        self._created = False
+
+    def exists(self) -> bool:
+        """Whether the store has been created on disk (lookups never create it)."""
+        if not self._created:
+            self._created = store_exists(self.path)
+        return self._created
+
+    # --- reading --------------------------------------------------------------------------
+    def latest(self, bucket: int, digest: bytes) -> Optional[Record]:
+        """The newest value record of a call, or None if absent or deleted."""
+        if not self.exists():
+            return None
+        prefix = keys.record_prefix(bucket, digest)
+        found = self._pool.read(self.path, self.durability, lambda txn: _newest(txn, prefix))
+        if found is None:
+            return None
+        key, data = found
+        record = decode_record(data, keys.split_key(key)[2])
+        return None if record.is_tombstone else record
+
+    def scan(self, bucket: Optional[int] = None, with_values: bool = True
+             ) -> Iterator[Tuple[int, bytes, Record]]:
+        """Yield ``(bucket, digest, newest record)`` of every live call, in key order.
+
+        Reads in batches of short transactions so that a long scan never pins old pages.
+        """
+        if not self.exists():
+            return
+        start = keys.bucket_prefix(bucket) if bucket is not None else b""
+        stop = keys.bucket_prefix(bucket + 1) if bucket is not None else keys.META_KEY[:4]
+        while True:
+            batch, start = self._pool.read(
+                self.path, self.durability,
+                lambda txn: _scan_batch(txn, start, stop, with_values),
+            )
+            for bucket_id, digest, record in batch:
+                yield bucket_id, digest, record
+            if start is None:
+                return
+
+    def stats(self) -> StoreStats:
+        entries = versions = tombstones = live_bytes = 0
+        if self.exists():
+            def count(txn):
+                nonlocal entries, versions, tombstones, live_bytes
+                cursor = txn.cursor()
+                previous_prefix, previous = None, None
+                for key, value in cursor.iternext(keys=True, values=True):
+                    if not keys.is_record_key(key):
+                        continue
+                    versions += 1
+                    prefix = key[:keys.PREFIX_SIZE]
+                    if prefix != previous_prefix and previous is not None:
+                        entries, tombstones, live_bytes = _tally(previous, entries, tombstones,
+                                                                 live_bytes)
+                    previous_prefix, previous = prefix, value
+                if previous is not None:
+                    entries, tombstones, live_bytes = _tally(previous, entries, tombstones,
+                                                             live_bytes)
+            self._pool.read(self.path, self.durability, count)
+        data_file = os.path.join(self.path, DATA_FILE)
+        file_bytes = os.path.getsize(data_file) if os.path.exists(data_file) else 0
+        return StoreStats(self.path, entries, versions, tombstones, live_bytes, file_bytes)
+
+    def read_meta(self) -> dict:
+        if not self.exists():
+            return {}
+        raw = self._pool.read(self.path, self.durability, lambda txn: txn.get(keys.META_KEY))
+        return json.loads(raw) if raw else {}
+
+    # --- writing --------------------------------------------------------------------------
+    def append(self, bucket: int, digest: bytes, record: Record,
+               meta: Optional[dict] = None) -> int:
+        """Append ``record`` as the newest version of (bucket, digest); return its sequence.
+
+        ``meta`` is written once, with the store's first record, for maintenance tools.
+        """
+        prefix = keys.record_prefix(bucket, digest)
+        payload = encode_record(record)
+
+        def put(txn):
+            if meta is not None and txn.get(keys.META_KEY) is None:
+                document = {"store_format": STORE_FORMAT, "created": time.time(), **meta}
+                txn.put(keys.META_KEY, json.dumps(document, sort_keys=True).encode("utf-8"))
+            newest = _newest(txn, prefix)
+            sequence = keys.split_key(newest[0])[2] + 1 if newest else 0
+            txn.put(keys.record_key(prefix, sequence), payload)
+            return sequence
+
+        sequence = self._pool.write(self.path, self.durability, put)
+        self._created = True
+        return sequence
+
+    def delete(self, bucket: int, digest: bytes) -> bool:
+        """Append a tombstone if the call has a live value; return whether it had one."""
+        if self.latest(bucket, digest) is None:
+            return False
+        tombstone = Record(RecordKind.TOMBSTONE, time.time(), 0.0, "", "", b"", b"")
+        self.append(bucket, digest, tombstone)
+        return True
+
+    def clear(self) -> int:
+        """Remove every record in one transaction; return how many calls were live.
+
+        Safe while other processes use the store (it is an ordinary write transaction). The
+        file keeps its size; the freed pages are reused, and compaction gives space back.
+        """
+        if not self.exists():
+            return 0
+        live = self.stats().entries
+        self._pool.write(self.path, self.durability, _drop_all)
+        return live
+
+    def close(self) -> None:
+        self._pool.close(self.path)
+
+
+def _drop_all(txn: "lmdb.Transaction") -> None:
+    """Delete every record key, keeping the metadata document."""
+    cursor = txn.cursor()
+    if not cursor.first():
+        return
+    while True:
+        key = cursor.key()
+        if keys.is_record_key(key):
+            if not cursor.delete():  # delete moves to the next item; False at the end
+                return
+        elif not cursor.next():
+            return
+
+
+def _tally(value: bytes, entries: int, tombstones: int, live_bytes: int):
+    record = decode_record(value, with_value=False)
+    if record.is_tombstone:
+        return entries, tombstones + 1, live_bytes
+    return entries + 1, tombstones, live_bytes + len(value)
+
+
+_SCAN_BATCH = 1024
+
+
+def _scan_batch(txn, start: bytes, stop: bytes, with_values: bool):
+    """Up to ``_SCAN_BATCH`` newest records from ``start``; return them and the next start."""
+    batch = []
+    cursor = txn.cursor()
+    if not cursor.set_range(start):
+        return batch, None
+    pending = None  # (prefix, key, value) of the newest version seen so far
+    while True:
+        key = cursor.key()
+        if key >= stop:
+            break
+        if keys.is_record_key(key):
+            prefix = key[:keys.PREFIX_SIZE]
+            if pending is not None and pending[0] != prefix:
+                _emit(batch, pending, with_values)
+                if len(batch) >= _SCAN_BATCH:
+                    return batch, prefix
+            pending = (prefix, key, cursor.value())
+        if not cursor.next():
+            break
+    if pending is not None:
+        _emit(batch, pending, with_values)
+    return batch, None
+
+
+def _emit(batch, pending, with_values: bool) -> None:
+    _, key, value = pending
+    bucket, digest, sequence = keys.split_key(key)
+    try:
+        record = decode_record(value, sequence, with_value=with_values)
+    except StoreFormatError:
+        return  # a newer writer's record: not ours to interpret; maintenance tools report it
+    if not record.is_tombstone:
+        batch.append((bucket, digest, record))

@@ -1,0 +1,92 @@
+"""From bound arguments to the key tuple and the groupby values, as persist-to-disk 0.0.7.
+
+Steps, in 0.0.7's order: drop ``skip_kwargs``; expand the dicts named in ``expand_dict_kwargs``
+(or every dict, with ``'all'``) into ``"arg|sub"`` entries; turn an ``argparse.Namespace`` into its
+JSON text; pop the ``groupby`` values (they become folder names); sort the rest into the key
+tuple ``((name, value), ...)``. The same normalisation means caches can be exported to 0.0.7.
+
+Where 0.0.7's expansion is ambiguous (``{1: x}`` and ``{"1": x}`` both give ``"arg|1"``; a key
+containing ``|``; an empty dict vanishes), that dict is kept whole instead, so two different
+calls can never share a key.
+"""
+
+import argparse
+import json
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+GroupSpec = Union[str, Tuple[str, ...]]
+
+
+def _expandable(value: Any) -> bool:
+    return (type(value) is dict and bool(value)
+            and all(type(k) is str and "|" not in k for k in value))
+
+
+def _expand(name: str, value: Dict[str, Any], recursive: bool, out: Dict[str, Any]) -> None:
+    for sub_name, sub_value in value.items():
+        full_name = f"{name}|{sub_name}"
+        if recursive and _expandable(sub_value):
+            _expand(full_name, sub_value, recursive, out)
+        else:
+            out[full_name] = sub_value
+
+
+def _namespace_text(value: argparse.Namespace) -> Any:
+    try:
+        return json.dumps(vars(value))
+    except (TypeError, ValueError):
+        return value  # not JSON-able: keyed as an object instead
+
+
+class Normalizer:
+    def __init__(self, skip_kwargs: Sequence[str], expand_dict_kwargs: Union[str, Sequence[str]],
+                 groupby: Sequence[GroupSpec]) -> None:
+        self.skip = tuple(skip_kwargs)
+        self.expand_all = expand_dict_kwargs == "all"
+        self.expand = () if self.expand_all else tuple(expand_dict_kwargs)
+        self.groupby = tuple(groupby)
+        self.trivial = not (self.skip or self.expand_all or self.expand or self.groupby)
+
+    def normalize(self, bound: Dict[str, Any]
+                  ) -> Tuple[Tuple[Any, ...], Tuple[Tuple[str, Any], ...]]:
+        """Return ``(groupby values, key tuple)``; ``bound`` is consumed."""
+        if self.trivial:
+            for name, value in bound.items():
+                if type(value) is argparse.Namespace:
+                    bound[name] = _namespace_text(value)
+            return (), tuple(sorted(bound.items()))
+        for name in self.skip:
+            bound.pop(name, None)
+        if self.expand_all:
+            expanded: Dict[str, Any] = {}
+            for name, value in bound.items():
+                if _expandable(value):
+                    _expand(name, value, True, expanded)
+                else:
+                    expanded[name] = value
+            bound = expanded
+        else:
+            for name in self.expand:
+                if name in bound and _expandable(bound[name]):
+                    _expand(name, bound.pop(name), False, bound)
+        for name, value in bound.items():
+            if type(value) is argparse.Namespace:
+                bound[name] = _namespace_text(value)
+        groups: List[Any] = []
+        for spec in self.groupby:
+            if isinstance(spec, tuple):
+                groups.append(tuple(bound.pop(name, None) for name in spec))
+            else:
+                groups.append(bound.pop(spec, None))
+        return tuple(groups), tuple(sorted(bound.items()))
+
+
+def group_folder_names(groupby: Sequence[GroupSpec], values: Tuple[Any, ...]) -> Tuple[str, ...]:
+    """Folder names of the groupby values: ``str(value)``, tuple groups joined with ``$$``."""
+    names = []
+    for spec, value in zip(groupby, values):
+        if isinstance(spec, tuple):
+            names.append("$$".join(str(v) for v in value))
+        else:
+            names.append(str(value))
+    return tuple(names)

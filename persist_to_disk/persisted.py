@@ -1,0 +1,360 @@
+"""The decorated function: one call, step by step.
+
+1. Pop the mode (``cache_switch=``); NOCACHE just calls the function.
+2. Bind and normalise the arguments (0.0.7's rules) into groupby values and a key tuple.
+3. Digest them (stable across processes); nothing has touched the disk yet, so an argument that
+   cannot be keyed fails here and leaves nothing behind.
+4. Look up the newest record in the leaf's store: no file lock, one short read transaction.
+5. On a miss, take the lock of the scope (call/func/global), look again, compute, serialize,
+   append the record, release. A computed result is never thrown away: if the lock cannot be
+   had in ``lock_timeout`` or the store cannot be written (disk full, permissions), the call
+   warns and still returns what it computed.
+"""
+
+import functools
+import os
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import lmdb
+
+from .binding import CallBinder
+from .settings import Config, parse_hashsize
+from .engine import (Durability, EngineError, LockScope, Record, RecordKind, Store,
+                     StoreFormatError, Timeout, check_folder, ensure_local_filesystem, lock_path, scope_lock,
+                     store_exists)
+from .errors import CacheMissError, ConfigError, PersistWarning
+from .keying import bucket_of, call_digest
+from .locations import function_folder_name, leaf_folder, module_parts
+from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE, parse_mode
+from .normalization import GroupSpec, Normalizer, group_folder_names
+from .serialization import PYTHON_VERSION, IncompatibleRecord, dumps, dumps_key, loads
+
+HASH_METHODS = ("pickle", "json")
+
+
+@dataclass(frozen=True)
+class PersistOptions:
+    """The decorator's options, validated."""
+
+    groupby: Tuple[GroupSpec, ...] = ()
+    expand_dict_kwargs: Union[str, Tuple[str, ...]] = ()
+    skip_kwargs: Tuple[str, ...] = ()
+    hashsize: Optional[int] = None
+    lock_granularity: Optional[LockScope] = None
+    switch_kwarg: str = "cache_switch"
+    cache: Optional[int] = None
+    hash_method: str = "pickle"
+    local: bool = False
+    durability: Optional[Durability] = None
+    lock_timeout: Optional[float] = None
+
+
+def _names(value, option: str) -> Tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    names = tuple(value)
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"{option} must list argument names (strings); got {name!r}")
+    return names
+
+
+def _groups(value) -> Tuple[GroupSpec, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    groups = []
+    for spec in value:
+        if isinstance(spec, (tuple, list)):
+            groups.append(_names(spec, "a groupby tuple"))
+        elif isinstance(spec, str):
+            groups.append(spec)
+        else:
+            raise ConfigError(f"groupby must list argument names or tuples of them; got {spec!r}")
+    return tuple(groups)
+
+
+def make_options(func: Callable, binder: CallBinder, *, groupby=None, expand_dict_kwargs=None,
+                 skip_kwargs=None, hashsize=None, hash_size=None, lock_granularity=None,
+                 switch_kwarg="cache_switch", cache=None, hash_method="pickle", local=False,
+                 durability=None, lock_timeout=None) -> PersistOptions:
+    """Validate the decorator's options against ``func``'s signature, at decoration time."""
+    where = f"persistf on {func.__qualname__}"
+    if hashsize is not None and hash_size is not None and hashsize != hash_size:
+        raise ConfigError(f"{where}: hashsize={hashsize} and hash_size={hash_size} disagree; "
+                          "pass only one")
+    size = hashsize if hashsize is not None else hash_size
+    groups = _groups(groupby)
+    expand = "all" if expand_dict_kwargs == "all" else _names(expand_dict_kwargs,
+                                                               "expand_dict_kwargs")
+    skip = _names(skip_kwargs, "skip_kwargs")
+    group_names = [n for spec in groups for n in (spec if isinstance(spec, tuple) else (spec,))]
+    listed = {"groupby": group_names, "skip_kwargs": list(skip),
+              "expand_dict_kwargs": [] if expand == "all" else list(expand)}
+    everything: List[str] = []
+    for option, names in listed.items():
+        if binder.var_keyword is None:
+            unknown = [n for n in names if n not in binder.names]
+            if unknown:
+                raise ConfigError(f"{where}: {option} names {unknown}, which "
+                                  f"{'is' if len(unknown) == 1 else 'are'} not a parameter of "
+                                  f"{func.__qualname__}{binder.signature}")
+        everything.extend(names)
+    repeated = sorted({n for n in everything if everything.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: {repeated} appear in more than one of groupby, skip_kwargs "
+                          "and expand_dict_kwargs; each argument may be listed once")
+    if not isinstance(switch_kwarg, str) or not switch_kwarg:
+        raise ConfigError(f"{where}: switch_kwarg must be a keyword name; got {switch_kwarg!r}")
+    if switch_kwarg in binder.names:
+        raise ConfigError(f"{where}: {func.__qualname__} has a parameter named {switch_kwarg!r}, "
+                          "which is the keyword that selects the cache mode; pass "
+                          "switch_kwarg='<another name>' to persistf")
+    if hash_method not in HASH_METHODS:
+        raise ConfigError(f"{where}: hash_method must be 'pickle' or 'json'; got {hash_method!r}")
+    if lock_timeout is not None and (not isinstance(lock_timeout, (int, float))
+                                     or lock_timeout < 0):
+        raise ConfigError(f"{where}: lock_timeout must be None (wait) or seconds >= 0; "
+                          f"got {lock_timeout!r}")
+    try:
+        return PersistOptions(
+            groupby=groups,
+            expand_dict_kwargs=expand,
+            skip_kwargs=skip,
+            hashsize=parse_hashsize(size, "hashsize") if size is not None else None,
+            lock_granularity=(LockScope.parse(lock_granularity)
+                              if lock_granularity is not None else None),
+            switch_kwarg=switch_kwarg,
+            cache=parse_mode(cache, "cache") if cache is not None else None,
+            hash_method=hash_method,
+            local=bool(local),
+            durability=Durability.parse(durability) if durability is not None else None,
+            lock_timeout=lock_timeout,
+        )
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+class PersistedFunction:
+    """Everything a decorated function needs per call, computed once."""
+
+    def __init__(self, func: Callable, config: Config, binder: CallBinder,
+                 options: PersistOptions) -> None:
+        self.func = func
+        self.config = config
+        self.binder = binder
+        self.options = options
+        self.name = f"{getattr(func, '__module__', None) or '__main__'}.{func.__qualname__}"
+        self.normalizer = Normalizer(options.skip_kwargs, options.expand_dict_kwargs,
+                                     options.groupby)
+        self._resolve_lock = threading.Lock()
+        self._version = None
+        self._leaves: Dict[Tuple[str, ...], Store] = {}
+        self._warned: set = set()
+        self.folder = ""
+        self.project_root = ""
+        self.hashsize = 0
+        self.scope = LockScope.CALL
+        self.durability = Durability.STANDARD
+
+    # --- where the cache is ---------------------------------------------------------------
+    def resolve(self) -> None:
+        """(Re)compute the function's folder and settings from the current config."""
+        with self._resolve_lock:
+            config, options = self.config, self.options
+            version = config.version
+            root = config.get_project_persist_path(options.local)
+            ensure_local_filesystem(root)
+            self.folder = os.path.join(
+                root, *module_parts(self.func, config.get_project_path()),
+                function_folder_name(self.func))
+            self.project_root = root
+            self.hashsize = options.hashsize or config.get_hashsize()
+            self.scope = options.lock_granularity or config.get_lock_granularity()
+            self.durability = options.durability or config.get_durability()
+            self._leaves = {}
+            self._version = version
+
+    def store_for(self, group_values: Tuple[Any, ...]) -> Store:
+        if self._version != self.config.version:
+            self.resolve()
+        groupby = self.options.groupby
+        names = group_folder_names(groupby, group_values) if groupby else ()
+        store = self._leaves.get(names)
+        if store is None:
+            path = leaf_folder(self.folder, groupby, names)
+            check_folder(path)  # before any work: a foreign folder fails fast, not after compute
+            store = Store(path, self.durability)
+            self._leaves[names] = store
+        return store
+
+    def _meta(self, store: Store) -> dict:
+        return {"function": self.name, "hashsize": self.hashsize,
+                "hash_method": self.options.hash_method,
+                "groupby": [list(s) if isinstance(s, tuple) else s for s in self.options.groupby],
+                "leaf": os.path.relpath(store.path, self.folder)}
+
+    # --- the call -------------------------------------------------------------------------
+    def locate(self, args: tuple, kwargs: dict) -> Tuple[Store, int, bytes, tuple]:
+        """``(store, bucket, digest, key tuple)`` of a call."""
+        bound = self.binder.bind(args, kwargs)
+        group_values, key = self.normalizer.normalize(bound)
+        digest = call_digest(group_values, key, self.func.__qualname__)
+        store = self.store_for(group_values)
+        return store, bucket_of(digest, self.hashsize), digest, key
+
+    def __call__(self, args: tuple, kwargs: dict) -> Any:
+        switch = self.options.switch_kwarg
+        mode = CACHE
+        if switch in kwargs:
+            mode = parse_mode(kwargs.pop(switch), switch)
+        if self.options.cache is not None:
+            mode = self.options.cache
+        if mode == NOCACHE:
+            return self.func(*args, **kwargs)
+        store, bucket, digest, key = self.locate(args, kwargs)
+        if mode == CHECKONLY:
+            return self._load(store, bucket, digest)[0]
+        if mode != RECACHE:
+            found, value = self._load(store, bucket, digest)
+            if found:
+                return value
+            if mode == READONLY:
+                raise CacheMissError(
+                    f"READONLY: no stored result of {self.name} for this call in {store.path}. "
+                    "Call without cache_switch (or with CACHE) to compute it.")
+        return self._compute(store, bucket, digest, key, args, kwargs, mode)
+
+    def _load(self, store: Store, bucket: int, digest: bytes) -> Tuple[bool, Any]:
+        try:
+            record = store.latest(bucket, digest)
+            if record is None:
+                return False, None
+            return True, loads(record.value_blob, record.serializer, record.python_version)
+        except (IncompatibleRecord, StoreFormatError) as err:
+            self._warn_once(store.path, "load",
+                            f"A stored result of {self.name} in {store.path} {err}; computing it "
+                            "again and storing a newer version (the old record is kept).")
+            return False, None
+
+    def _compute(self, store: Store, bucket: int, digest: bytes, key: tuple, args: tuple,
+                 kwargs: dict, mode: int) -> Any:
+        lock = scope_lock(lock_path(self.scope, store.path, bucket, self.project_root),
+                          self.options.lock_timeout)
+        try:
+            lock.acquire()
+            locked = True
+        except Timeout:
+            locked = False
+            self._warn_once(store.path, "lock",
+                            f"Could not lock {lock.lock_file} within {self.options.lock_timeout}s; "
+                            f"computing {self.name} without the lock (the result is still "
+                            "stored, but another process may compute the same call).")
+        try:
+            if mode != RECACHE:
+                found, value = self._load(store, bucket, digest)
+                if found:
+                    return value
+            started = time.perf_counter()
+            value = self.func(*args, **kwargs)
+            elapsed = time.perf_counter() - started
+            self._save(store, bucket, digest, key, value, elapsed)
+            return value
+        finally:
+            if locked:
+                lock.release()
+
+    def _save(self, store: Store, bucket: int, digest: bytes, key: tuple, value: Any,
+              compute_seconds: float) -> None:
+        blob, serializer = dumps(value, f"The result of {self.name}")
+        record = Record(RecordKind.VALUE, time.time(), compute_seconds, serializer,
+                        PYTHON_VERSION, dumps_key(key), blob)
+        try:
+            store.append(bucket, digest, record, meta=self._meta(store))
+        except EngineError:
+            raise
+        except (lmdb.Error, OSError) as err:
+            self._warn_once(store.path, "save",
+                            f"Could not store the result of {self.name} in {store.path} ({err}). "
+                            "The call returns its result, but it is not cached: check free "
+                            "disk space and write permission there.")
+
+    def _warn_once(self, path: str, kind: str, message: str) -> None:
+        if (path, kind) not in self._warned:
+            self._warned.add((path, kind))
+            warnings.warn(message, PersistWarning, stacklevel=4)
+
+    # --- inspecting and clearing ----------------------------------------------------------
+    def stores(self) -> List[Store]:
+        """Every leaf store of the function that exists on disk."""
+        if self._version != self.config.version:
+            self.resolve()
+        found = []
+        for folder, subfolders, _ in os.walk(self.folder):
+            if store_exists(folder):
+                found.append(Store(folder, self.durability))
+                subfolders.clear()
+            subfolders.sort()
+        return found
+
+    def info(self) -> dict:
+        stats = [store.stats() for store in self.stores()]
+        return {"function": self.name, "folder": self.folder, "leaves": len(stats),
+                "entries": sum(s.entries for s in stats),
+                "versions": sum(s.versions for s in stats),
+                "file_bytes": sum(s.file_bytes for s in stats)}
+
+    def clear(self) -> int:
+        return sum(store.clear() for store in self.stores())
+
+    def forget(self, args: tuple, kwargs: dict) -> bool:
+        kwargs.pop(self.options.switch_kwarg, None)
+        store, bucket, digest, _ = self.locate(args, kwargs)
+        return store.delete(bucket, digest)
+
+
+def decorate(func: Callable, config: Config, **options) -> Callable:
+    """Wrap ``func``; the wrapper keeps its name, docstring and signature, and pickles by
+    reference (multiprocessing finds it under the same module and name)."""
+    if isinstance(func, (staticmethod, classmethod)):
+        raise TypeError("Put @persistf() below @staticmethod/@classmethod, directly on the "
+                        "function.")
+    if not callable(func):
+        raise TypeError(f"persistf decorates functions; got {func!r}")
+    binder = CallBinder(func)
+    persisted = PersistedFunction(func, config, binder, make_options(func, binder, **options))
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return persisted(args, kwargs)
+
+    def is_cached(*args, **kwargs) -> bool:
+        """Whether a result is stored for this call (never computes)."""
+        kwargs[persisted.options.switch_kwarg] = CHECKONLY
+        return persisted(args, kwargs)
+
+    def forget(*args, **kwargs) -> bool:
+        """Delete the stored result of this call (appends a tombstone); return if there was one."""
+        return persisted.forget(args, kwargs)
+
+    def cache_folder() -> str:
+        """The function's folder in the cache tree (groupby leaves are below it)."""
+        if persisted._version != config.version:
+            persisted.resolve()
+        return persisted.folder
+
+    wrapper.is_cached = is_cached
+    wrapper.forget = forget
+    wrapper.cache_folder = cache_folder
+    wrapper.cache_info = persisted.info
+    wrapper.clear = persisted.clear
+    wrapper.uncached = func
+    wrapper.__persisted__ = persisted
+    return wrapper

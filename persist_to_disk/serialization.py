@@ -1,0 +1,80 @@
+"""Results to bytes and back: pickle first, cloudpickle only when pickle cannot.
+
+``cloudpickle.dumps`` is ~4.5x slower than pickle, and its payloads of lambdas and ``__main__``
+classes are tied to the exact Python version that wrote them (a 3.11 payload crashed 3.13). So
+each record says which serializer and Python wrote it, and a cloudpickle payload from another
+Python minor version is treated as a miss (recomputed), never loaded.
+"""
+
+import pickle
+import platform
+from typing import Any, Tuple
+
+from .errors import UnpicklableResultError
+
+PICKLE_PROTOCOL = 5
+PYTHON_VERSION = platform.python_version()
+_PYTHON_MINOR = ".".join(PYTHON_VERSION.split(".")[:2])
+PICKLE_TAG = f"pickle:{PICKLE_PROTOCOL}"
+
+
+class IncompatibleRecord(Exception):
+    """A stored value this interpreter must not or cannot load; the caller recomputes."""
+
+
+def dumps(value: Any, what: str) -> Tuple[bytes, str]:
+    """Serialize ``value``; return ``(blob, serializer tag)``.
+
+    ``what`` names the value in the error message (for example "the result of train()").
+    """
+    try:
+        return pickle.dumps(value, protocol=PICKLE_PROTOCOL), PICKLE_TAG
+    except Exception as pickle_error:  # PicklingError, TypeError, AttributeError, ...
+        try:
+            import cloudpickle
+        except ImportError:  # pragma: no cover - cloudpickle is a runtime dependency
+            cloudpickle = None
+        if cloudpickle is not None:
+            try:
+                blob = cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+                return blob, f"cloudpickle:{cloudpickle.__version__}"
+            except Exception as cloud_error:
+                pickle_error = cloud_error
+        raise UnpicklableResultError(
+            f"{what} cannot be stored: neither pickle nor cloudpickle can serialize a "
+            f"{type(value).__qualname__} ({pickle_error}). Nothing was written. Return a "
+            "picklable value (for example the path of a file you save yourself), or call with "
+            "cache_switch=0 (NOCACHE) for this call."
+        ) from pickle_error
+
+
+def loads(blob: bytes, serializer: str, python_version: str) -> Any:
+    """Load a stored value, or raise :class:`IncompatibleRecord` (to be treated as a miss)."""
+    if serializer.startswith("cloudpickle"):
+        written_minor = ".".join(python_version.split(".")[:2])
+        if written_minor != _PYTHON_MINOR:
+            raise IncompatibleRecord(
+                f"stored with cloudpickle by Python {python_version}, which this Python "
+                f"({PYTHON_VERSION}) must not load"
+            )
+    elif not serializer.startswith("pickle"):
+        raise IncompatibleRecord(f"stored with an unknown serializer {serializer!r}")
+    try:
+        return pickle.loads(blob)
+    except Exception as err:  # class moved or deleted, module missing, truncated payload
+        raise IncompatibleRecord(f"cannot be loaded: {type(err).__name__}: {err}") from err
+
+
+def dumps_key(key: tuple) -> bytes:
+    """Pickle the key tuple for maintenance tools (listing, export); b'' if impossible.
+
+    Protocol 4 keeps it readable by persist-to-disk 0.0.7 exports.
+    """
+    try:
+        return pickle.dumps(key, protocol=4)
+    except Exception:
+        try:
+            import cloudpickle
+            return cloudpickle.dumps(key, protocol=4)
+        except Exception:
+            return b""

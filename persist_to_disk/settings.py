@@ -1,0 +1,243 @@
+"""Global settings: the settings folder, ``config.ini``, and the project and persist paths.
+
+The settings folder is ``~/.persist_to_disk`` (override it with the environment variable
+``PERSIST_TO_DISK_HOME``, for tests and clusters). It holds ``config.ini`` (written by
+:meth:`Config.generate_config`) and ``project_to_pids.txt``. Nothing is read or created at
+import: settings load on first use, so a broken ``config.ini`` is reported (naming the file and
+key) at the first call, never as an import error. Changes made after import (for example
+:meth:`Config.set_persist_path`) apply to every later call.
+
+Settings come from, lowest first: defaults, ``config.ini``, environment variables
+(``PERSIST_TO_DISK_PERSIST_PATH``, ``..._PERSIST_PATH_LOCAL``, ``..._HASHSIZE``,
+``..._LOCK_GRANULARITY``, ``..._DURABILITY``, ``..._PROJECT_PATH``), calls made in code. A setting
+made in code is also written to its environment variable, so that child processes -- a
+``multiprocessing`` pool started with ``spawn``, which never runs the parent's
+``if __name__ == "__main__"`` block, or a ``subprocess`` -- use the same cache as the parent.
+"""
+
+import configparser
+import os
+import threading
+from typing import Any, Dict
+
+from .engine import Durability, LockScope, MAX_BUCKET, make_private_dirs
+from .errors import ConfigError
+from .projects import project_id
+
+SETTINGS_ENV = "PERSIST_TO_DISK_HOME"
+SECTION = "global_settings"
+DEFAULT_HASHSIZE = 500
+DEFAULT_LOCK_GRANULARITY = "call"
+DEFAULT_DURABILITY = "standard"
+ENV_PREFIX = "PERSIST_TO_DISK_"
+
+
+def settings_folder() -> str:
+    return os.path.abspath(os.path.expanduser(
+        os.environ.get(SETTINGS_ENV) or os.path.join("~", ".persist_to_disk")))
+
+
+def parse_hashsize(value: Any, where: str) -> int:
+    try:
+        hashsize = int(value)
+    except (TypeError, ValueError):
+        hashsize = None
+    if hashsize is None or isinstance(value, bool) or not 1 <= hashsize <= MAX_BUCKET + 1:
+        raise ConfigError(f"{where} must be a whole number from 1 to {MAX_BUCKET + 1}; "
+                          f"got {value!r}")
+    return hashsize
+
+
+def _current_directory() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # the working directory was deleted
+        return os.path.expanduser("~")
+
+
+class Config:
+    """The settings every decorated function reads at call time.
+
+    ``version`` changes whenever a path setting changes, so decorated functions know to
+    resolve their cache folder again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._settings: Dict[str, Any] = {}
+        self._project_path = self._initial_project_path()
+        self._project_roots: Dict[tuple, str] = {}
+        self._exported: Dict[str, str] = {}
+        self.version = 0
+
+    @staticmethod
+    def _initial_project_path() -> str:
+        inherited = os.environ.get(ENV_PREFIX + "PROJECT_PATH")
+        return Config._absolute(inherited) if inherited else os.path.normpath(_current_directory())
+
+    def _export(self, key: str, value: str) -> None:
+        """Make a setting made in code visible to child processes."""
+        name = ENV_PREFIX + key.upper()
+        os.environ[name] = value
+        self._exported[name] = value
+
+    # --- loading --------------------------------------------------------------------------
+    @property
+    def config_path(self) -> str:
+        return os.path.join(settings_folder(), "config.ini")
+
+    def _defaults(self) -> Dict[str, str]:
+        cache = os.path.join(settings_folder(), "cache")
+        return {"persist_path": cache, "persist_path_local": cache,
+                "hashsize": str(DEFAULT_HASHSIZE),
+                "lock_granularity": DEFAULT_LOCK_GRANULARITY,
+                "durability": DEFAULT_DURABILITY}
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            values = self._defaults()
+            path = self.config_path
+            if os.path.isfile(path):
+                parser = configparser.ConfigParser()
+                try:
+                    parser.read(path, encoding="utf-8")
+                except configparser.Error as err:
+                    raise ConfigError(f"{path} cannot be parsed ({err}). Fix it, or delete it "
+                                      "and run persist_to_disk.config.generate_config().") from err
+                if parser.has_section(SECTION):
+                    for key, value in parser[SECTION].items():
+                        if key in values and value.strip():
+                            values[key] = value.strip()
+                    if "persist_path_local" not in parser[SECTION]:
+                        values["persist_path_local"] = values["persist_path"]
+            source = {key: f"{path}: [{SECTION}] {key}" for key in values}
+            for key in values:
+                inherited = os.environ.get(ENV_PREFIX + key.upper(), "").strip()
+                if inherited:
+                    values[key] = inherited
+                    source[key] = f"environment variable {ENV_PREFIX}{key.upper()}"
+            settings = {
+                "persist_path": self._absolute(values["persist_path"]),
+                "persist_path_local": self._absolute(values["persist_path_local"]),
+                "hashsize": parse_hashsize(values["hashsize"], source["hashsize"]),
+            }
+            for key, parse in (("lock_granularity", LockScope.parse),
+                               ("durability", Durability.parse)):
+                try:
+                    settings[key] = parse(values[key])
+                except ValueError as err:
+                    raise ConfigError(f"{source[key]}: {err}") from None
+            # settings made in code before the first load win over the file
+            settings.update(self._settings)
+            self._settings = settings
+            self._loaded = True
+
+    @staticmethod
+    def _absolute(path: str) -> str:
+        return os.path.normpath(os.path.abspath(os.path.expanduser(str(path))))
+
+    def reload(self) -> None:
+        """Forget settings made in code (and their exported environment variables) and read the
+        environment and ``config.ini`` again."""
+        with self._lock:
+            for name, value in self._exported.items():
+                if os.environ.get(name) == value:
+                    del os.environ[name]
+            self._exported.clear()
+            self._settings, self._loaded = {}, False
+            self._project_path = self._initial_project_path()
+            self._project_roots.clear()
+            self.version += 1
+
+    # --- the seed's API -------------------------------------------------------------------
+    def generate_config(self) -> str:
+        """Write the current settings to ``config.ini`` in the settings folder; return its path."""
+        self._ensure_loaded()
+        parser = configparser.ConfigParser()
+        parser[SECTION] = {
+            "persist_path": self._settings["persist_path"],
+            "persist_path_local": self._settings["persist_path_local"],
+            "hashsize": str(self._settings["hashsize"]),
+            "lock_granularity": self._settings["lock_granularity"].value,
+            "durability": self._settings["durability"].value,
+        }
+        make_private_dirs(settings_folder())
+        path = self.config_path
+        with open(path, "w", encoding="utf-8") as handle:
+            parser.write(handle)
+        print(f"Settings written to {path}")
+        return path
+
+    def _set(self, key: str, value: Any) -> Any:
+        with self._lock:
+            self._settings[key] = value
+            self._export(key, str(getattr(value, "value", value)))
+            self.version += 1
+        return value
+
+    def set_persist_path(self, path: str) -> str:
+        """Where caches are stored (applies to every later call)."""
+        return self._set("persist_path", self._absolute(path))
+
+    def set_persist_path_local(self, path: str) -> str:
+        """Where caches of functions decorated with ``local=True`` are stored."""
+        return self._set("persist_path_local", self._absolute(path))
+
+    def set_project_path(self, path: str) -> str:
+        """The folder whose layout the cache tree mirrors (default: the working directory)."""
+        with self._lock:
+            self._project_path = self._absolute(path)
+            self._export("project_path", self._project_path)
+            self.version += 1
+        return self._project_path
+
+    def set_hashsize(self, hashsize: int = DEFAULT_HASHSIZE) -> int:
+        return self._set("hashsize", parse_hashsize(hashsize, "hashsize"))
+
+    def set_lock_granularity(self, granularity: str) -> str:
+        return self._set("lock_granularity", LockScope.parse(granularity)).value
+
+    def set_durability(self, durability: str) -> str:
+        return self._set("durability", Durability.parse(durability)).value
+
+    def get_persist_path(self, local: bool = False) -> str:
+        self._ensure_loaded()
+        return self._settings["persist_path_local" if local else "persist_path"]
+
+    def get_project_path(self) -> str:
+        return self._project_path
+
+    def get_hashsize(self) -> int:
+        self._ensure_loaded()
+        return self._settings["hashsize"]
+
+    def get_lock_granularity(self) -> LockScope:
+        self._ensure_loaded()
+        return self._settings["lock_granularity"]
+
+    def get_durability(self) -> Durability:
+        self._ensure_loaded()
+        return self._settings["durability"]
+
+    def get_project_persist_path(self, local: bool = False) -> str:
+        """``<persist_path>/<project folder name>-<autoid>``, created owner-only on first use."""
+        persist_path = self.get_persist_path(local)
+        project_path = self._project_path
+        key = (settings_folder(), persist_path, project_path)
+        root = self._project_roots.get(key)
+        if root is None:
+            name = os.path.basename(project_path) or "root"
+            pid = project_id(settings_folder(), project_path)
+            root = os.path.join(persist_path, f"{name}-{pid}")
+            self._project_roots[key] = root
+        return root
+
+    def __repr__(self) -> str:
+        loaded = self._settings if self._loaded else "(not loaded yet)"
+        return f"Config(project_path={self._project_path!r}, settings={loaded})"
+

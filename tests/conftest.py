@@ -1,0 +1,75 @@
+"""Shared fixtures: every test gets its own settings folder, persist path and project folder.
+
+Nothing a test does touches the real ``~/.persist_to_disk``.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import persist_to_disk as ptd
+from persist_to_disk.engine import POOL
+
+
+@pytest.fixture(autouse=True)
+def ptd_env(tmp_path, monkeypatch):
+    """An isolated configuration: ``home`` (settings folder), ``persist`` (default persist path,
+    ``home/cache``) and ``project`` (the project folder, also the cwd of subprocesses)."""
+    home = tmp_path / "ptd_home"
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in list(os.environ):
+        if name.startswith("PERSIST_TO_DISK_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PERSIST_TO_DISK_HOME", str(home))
+    ptd.config.reload()
+    ptd.config.set_project_path(str(project))
+    yield SimpleNamespace(home=home, persist=home / "cache", project=project, tmp=tmp_path)
+    POOL.close_all()
+    ptd.config.reload()  # also removes the environment variables the settings calls exported
+
+
+def run_python(code: str, cwd, env_home, *args: str, hash_seed: str = "random",
+               timeout: float = 120, check: bool = True, module: str = None,
+               extra_env: dict = None) -> subprocess.CompletedProcess:
+    """Run ``code`` (or ``-m module``) in a fresh interpreter with its own hash seed.
+
+    The child sees only the settings folder (``PERSIST_TO_DISK_HOME``), not the settings this
+    test process made in code, so its project path is its working directory unless
+    ``extra_env`` says otherwise. Returns the completed process; raises with its output if it
+    failed and ``check``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSIST_TO_DISK_")}
+    env["PERSIST_TO_DISK_HOME"] = str(env_home)
+    env["PYTHONHASHSEED"] = hash_seed
+    env.update(extra_env or {})
+    command = [sys.executable]
+    command += ["-m", module] if module else ["-c", textwrap.dedent(code)]
+    result = subprocess.run(command + list(args), cwd=str(cwd), env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\nSTDOUT:\n"
+                             f"{result.stdout}\nSTDERR:\n{result.stderr}")
+    return result
+
+
+def write_module(folder: Path, relative: str, code: str) -> Path:
+    """Write ``code`` to ``folder/relative`` (creating packages' folders) and return the path."""
+    path = Path(folder) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(code))
+    return path
+
+
+@pytest.fixture
+def python_runner(ptd_env):
+    """``python_runner(code, cwd=project, ...)``: a fresh interpreter sharing this test's
+    settings folder."""
+    def runner(code: str = "", cwd=None, **kwargs):
+        return run_python(code, cwd or ptd_env.project, ptd_env.home, **kwargs)
+    return runner
