@@ -10,6 +10,8 @@ function and binding costs well under a microsecond. Invalid calls are re-bound 
 import inspect
 from typing import Any, Callable, Dict, Tuple
 
+from .errors import UnkeyableArgumentError
+
 
 class CallBinder:
     def __init__(self, func: Callable) -> None:
@@ -35,8 +37,11 @@ class CallBinder:
     def bind(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """``{parameter name: value}`` for every parameter, defaults included.
 
-        Extra keyword arguments (``**kwargs``) appear under their own names, and extra positional
-        arguments (``*args``) as a tuple under the ``*`` parameter's name.
+        Extra keyword arguments (``**kwargs``) appear under their own names; extra positional
+        arguments (``*args``) as a tuple under ``"*args"`` (the parameter's name with its star,
+        so a keyword called ``args`` is another call); a keyword that shares the name of a
+        positional-only parameter (legal with ``**kwargs``) under ``"**name"``. Names starting
+        with ``*`` are therefore reserved and refused as extra keywords.
         """
         positional = self.positional
         bound = dict(self.defaults)
@@ -45,17 +50,26 @@ class CallBinder:
             bound.update(zip(positional, args))
         elif self.var_positional is not None:
             bound.update(zip(positional, args))
-            bound[self.var_positional] = tuple(args[len(positional):])
+            bound["*" + self.var_positional] = tuple(args[len(positional):])
         else:
             self._raise_native(args, kwargs)
         if kwargs:
-            for name in kwargs:
+            for name, value in kwargs.items():
                 if name in self.names:
-                    if name in self.positional_only or name in positional[:n_args]:
+                    if name in self.positional_only:
+                        if self.var_keyword is None:
+                            self._raise_native(args, kwargs)
+                        bound["**" + name] = value
+                        continue
+                    if name in positional[:n_args]:
                         self._raise_native(args, kwargs)
                 elif self.var_keyword is None:
                     self._raise_native(args, kwargs)
-            bound.update(kwargs)
+                elif name.startswith("*"):
+                    raise UnkeyableArgumentError(
+                        f"{self._func.__qualname__}() got the keyword argument {name!r}: names "
+                        "starting with '*' are reserved for the cache key of *args. Rename it.")
+                bound[name] = value
         for name in self.required:
             if name not in bound:
                 self._raise_native(args, kwargs)

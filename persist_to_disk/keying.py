@@ -24,6 +24,7 @@ import fractions
 import hashlib
 import pathlib
 import struct
+import types
 import uuid
 from typing import Any, Iterable, Tuple
 
@@ -70,8 +71,10 @@ def _encode_scalar_fallback(value: Any, out: bytearray, active: set) -> None:
     if module == "numpy" and (cls.__name__ == "ndarray" or _is_numpy_scalar(value)):
         _encode_array(value, out, active)
         return
-    if isinstance(value, type) or callable(value) and hasattr(value, "__code__") \
-            or type(value).__name__ in ("builtin_function_or_method", "module"):
+    if isinstance(value, (type, types.FunctionType, types.ModuleType)) or (
+            isinstance(value, types.BuiltinFunctionType)
+            and isinstance(getattr(value, "__self__", None), (type(None), types.ModuleType))):
+        # Bound methods are not here: they reduce to (getattr, (self, name)), keying self's state.
         out += _reference(value)
         return
     if isinstance(value, enum.Enum):
@@ -218,7 +221,8 @@ def encode_value(value: Any) -> bytes:
 
 
 def call_digest(group_values: Tuple[Any, ...], key: Tuple[Tuple[str, Any], ...],
-                function_name: str = "the function") -> bytes:
+                function_name: str = "the function", group_names: Tuple[str, ...] = ()
+                ) -> bytes:
     """16-byte blake2b digest of a call: its groupby values and its sorted key tuple.
 
     The groupby values are part of the digest (not only of the folder name), so ``1`` and
@@ -228,7 +232,9 @@ def call_digest(group_values: Tuple[Any, ...], key: Tuple[Tuple[str, Any], ...],
     out += _length(len(group_values))
     name = "groupby value"
     try:
-        for value in group_values:
+        for index, value in enumerate(group_values):
+            if index < len(group_names):
+                name = group_names[index]
             _encode(value, out, set())
         out += b"(" + _length(len(key))
         for name, value in key:

@@ -15,10 +15,15 @@ MODE_NAMES = {NOCACHE: "NOCACHE", CACHE: "CACHE", RECACHE: "RECACHE", READONLY: 
 
 
 def parse_mode(value, where: str) -> int:
-    try:
-        mode = int(value)
-    except (TypeError, ValueError):
+    """A mode number from an int, an integral float or a digit string (0.0.7 took ``int(x)``);
+    anything else, ``2.5`` or ``True`` included, is an error rather than a silent truncation."""
+    mode = None
+    if isinstance(value, bool):
         mode = None
+    elif isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        mode = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        mode = int(value)
     if mode not in MODE_NAMES:
         names = ", ".join(f"{number} ({name})" for number, name in MODE_NAMES.items())
         raise ValueError(f"{where} must be one of {names}; got {value!r}")

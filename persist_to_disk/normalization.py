@@ -1,18 +1,24 @@
 """From bound arguments to the key tuple and the groupby values, as persist-to-disk 0.0.7.
 
 Steps, in 0.0.7's order: drop ``skip_kwargs``; expand the dicts named in ``expand_dict_kwargs``
-(or every dict, with ``'all'``) into ``"arg|sub"`` entries; turn an ``argparse.Namespace`` into its
-JSON text; pop the ``groupby`` values (they become folder names); sort the rest into the key
-tuple ``((name, value), ...)``. The same normalisation means caches can be exported to 0.0.7.
+(or every dict, with ``'all'``) into ``"arg|sub"`` entries; pop the ``groupby`` values (they become
+folder names); sort the rest into the key tuple ``((name, value), ...)``. The same normalisation
+means caches can be exported to 0.0.7.
 
-Where 0.0.7's expansion is ambiguous (``{1: x}`` and ``{"1": x}`` both give ``"arg|1"``; a key
-containing ``|``; an empty dict vanishes), that dict is kept whole instead, so two different
-calls can never share a key.
+Where 0.0.7 is ambiguous we keep calls apart instead, so two different calls never share a key:
+
+* a dict whose expansion would be ambiguous (``{1: x}`` and ``{"1": x}`` both give ``"arg|1"``; a
+  key containing ``|``; an empty dict, which would vanish) is kept whole;
+* with expansion on, an extra keyword (``**kwargs``) whose name contains ``|`` is refused, since
+  it could spell an expanded entry;
+* an ``argparse.Namespace`` stays a Namespace (keyed by its attributes, in any order); 0.0.7
+  keyed its ``json.dumps`` text, under which ``(1, 2)`` and ``[1, 2]`` collide. Its JSON form
+  is produced when exporting to 0.0.7.
 """
 
-import argparse
-import json
 from typing import Any, Dict, List, Sequence, Tuple, Union
+
+from .errors import UnkeyableArgumentError
 
 GroupSpec = Union[str, Tuple[str, ...]]
 
@@ -31,13 +37,6 @@ def _expand(name: str, value: Dict[str, Any], recursive: bool, out: Dict[str, An
             out[full_name] = sub_value
 
 
-def _namespace_text(value: argparse.Namespace) -> Any:
-    try:
-        return json.dumps(vars(value))
-    except (TypeError, ValueError):
-        return value  # not JSON-able: keyed as an object instead
-
-
 class Normalizer:
     def __init__(self, skip_kwargs: Sequence[str], expand_dict_kwargs: Union[str, Sequence[str]],
                  groupby: Sequence[GroupSpec]) -> None:
@@ -51,12 +50,15 @@ class Normalizer:
                   ) -> Tuple[Tuple[Any, ...], Tuple[Tuple[str, Any], ...]]:
         """Return ``(groupby values, key tuple)``; ``bound`` is consumed."""
         if self.trivial:
-            for name, value in bound.items():
-                if type(value) is argparse.Namespace:
-                    bound[name] = _namespace_text(value)
             return (), tuple(sorted(bound.items()))
         for name in self.skip:
             bound.pop(name, None)
+        if self.expand_all or self.expand:
+            for name in bound:
+                if "|" in name:
+                    raise UnkeyableArgumentError(
+                        f"keyword argument {name!r}: with expand_dict_kwargs, names containing "
+                        "'|' are reserved for expanded dict entries. Rename it.")
         if self.expand_all:
             expanded: Dict[str, Any] = {}
             for name, value in bound.items():
@@ -69,9 +71,6 @@ class Normalizer:
             for name in self.expand:
                 if name in bound and _expandable(bound[name]):
                     _expand(name, bound.pop(name), False, bound)
-        for name, value in bound.items():
-            if type(value) is argparse.Namespace:
-                bound[name] = _namespace_text(value)
         groups: List[Any] = []
         for spec in self.groupby:
             if isinstance(spec, tuple):

@@ -154,6 +154,8 @@ class PersistedFunction:
         self.name = f"{getattr(func, '__module__', None) or '__main__'}.{func.__qualname__}"
         self.normalizer = Normalizer(options.skip_kwargs, options.expand_dict_kwargs,
                                      options.groupby)
+        self.group_names = tuple("$$".join(spec) if isinstance(spec, tuple) else spec
+                                 for spec in options.groupby)
         self._resolve_lock = threading.Lock()
         self._version = None
         self._leaves: Dict[Tuple[str, ...], Store] = {}
@@ -206,7 +208,7 @@ class PersistedFunction:
         """``(store, bucket, digest, key tuple)`` of a call."""
         bound = self.binder.bind(args, kwargs)
         group_values, key = self.normalizer.normalize(bound)
-        digest = call_digest(group_values, key, self.func.__qualname__)
+        digest = call_digest(group_values, key, self.func.__qualname__, self.group_names)
         store = self.store_for(group_values)
         return store, bucket_of(digest, self.hashsize), digest, key
 
@@ -314,6 +316,12 @@ class PersistedFunction:
     def clear(self) -> int:
         return sum(store.clear() for store in self.stores())
 
+    def is_cached(self, args: tuple, kwargs: dict) -> bool:
+        """Whether a loadable result is stored, whatever mode ``cache=`` forces on calls."""
+        kwargs.pop(self.options.switch_kwarg, None)
+        store, bucket, digest, _ = self.locate(args, kwargs)
+        return self._load(store, bucket, digest)[0]
+
     def forget(self, args: tuple, kwargs: dict) -> bool:
         kwargs.pop(self.options.switch_kwarg, None)
         store, bucket, digest, _ = self.locate(args, kwargs)
@@ -337,8 +345,7 @@ def decorate(func: Callable, config: Config, **options) -> Callable:
 
     def is_cached(*args, **kwargs) -> bool:
         """Whether a result is stored for this call (never computes)."""
-        kwargs[persisted.options.switch_kwarg] = CHECKONLY
-        return persisted(args, kwargs)
+        return persisted.is_cached(args, kwargs)
 
     def forget(*args, **kwargs) -> bool:
         """Delete the stored result of this call (appends a tombstone); return if there was one."""

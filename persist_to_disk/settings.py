@@ -18,10 +18,11 @@ made in code is also written to its environment variable, so that child processe
 import configparser
 import os
 import threading
+import warnings
 from typing import Any, Dict
 
 from .engine import Durability, LockScope, MAX_BUCKET, make_private_dirs
-from .errors import ConfigError
+from .errors import ConfigError, PersistWarning
 from .projects import project_id
 
 SETTINGS_ENV = "PERSIST_TO_DISK_HOME"
@@ -111,7 +112,12 @@ class Config:
                                       "and run persist_to_disk.config.generate_config().") from err
                 if parser.has_section(SECTION):
                     for key, value in parser[SECTION].items():
-                        if key in values and value.strip():
+                        if key not in values:
+                            warnings.warn(
+                                f"{path}: [{SECTION}] has an unknown key {key!r}, which is "
+                                f"ignored; the keys are {', '.join(sorted(values))}.",
+                                PersistWarning, stacklevel=3)
+                        elif value.strip():
                             values[key] = value.strip()
                     if "persist_path_local" not in parser[SECTION]:
                         values["persist_path_local"] = values["persist_path"]
