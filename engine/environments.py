@@ -17,6 +17,7 @@ import glob
 import itertools
 import os
 import threading
+import time
 from typing import Callable, Dict, Optional, TypeVar
 
 import lmdb
@@ -31,19 +32,44 @@ INITIAL_MAP_SIZE = 1 << 30  # 1 GiB of address space; grows by doubling when ful
 DEFAULT_MAX_OPEN = 64
 MAX_READERS = 1024  # concurrent read transactions across all processes of one store
 DATA_FILE = "data.mdb"
+RECHECK_SECONDS = 1.0  # how often a reader checks that its store was not deleted or replaced
+
+
+class StoreMissing(Exception):
+    """Internal: the store was deleted (e.g. its folder removed) while this process had it open."""
 
 
 class _Handle:
     """An open environment plus the lock that keeps closing, growing and forking away from
-    running transactions."""
+    running transactions.
 
-    __slots__ = ("path", "env", "lock", "last_used")
+    It remembers the identity (device, inode) of its data file: a folder deleted or replaced
+    under an open environment would otherwise swallow every later write into an unlinked file.
+    """
 
-    def __init__(self, path: str, env: "lmdb.Environment") -> None:
+    __slots__ = ("path", "env", "lock", "last_used", "durability", "identity", "checked_at")
+
+    def __init__(self, path: str, env: "lmdb.Environment", durability: Durability) -> None:
         self.path = path
         self.env: Optional[lmdb.Environment] = env
         self.lock = threading.Lock()
         self.last_used = 0
+        self.durability = durability
+        self.identity = _file_identity(path)
+        self.checked_at = time.monotonic()
+
+    def is_current(self) -> bool:
+        """Whether the data file on disk is still the one this environment has open."""
+        self.checked_at = time.monotonic()
+        return _file_identity(self.path) == self.identity
+
+
+def _file_identity(path: str):
+    try:
+        info = os.stat(os.path.join(path, DATA_FILE))
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def store_exists(path: str) -> bool:
@@ -98,7 +124,21 @@ def _open_environment(path: str, durability: Durability) -> "lmdb.Environment":
             ) from err
         raise
     env.reader_check()  # free read slots left behind by killed processes
+    _check_length(path, env)
     return env
+
+
+def _check_length(path: str, env: "lmdb.Environment") -> None:
+    """Refuse a data file shorter than its own meta page says: reading the missing pages
+    through the memory map would kill the process with SIGBUS instead of raising."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    actual = os.path.getsize(os.path.join(path, DATA_FILE))
+    if actual < needed:
+        env.close()
+        raise CorruptStoreError(
+            f"The cache store in {path} is truncated: {DATA_FILE} has {actual} bytes but its "
+            f"records need {needed}. Nothing was deleted: move the folder aside to start that "
+            "cache afresh, or run `ptd verify` to inspect it.")
 
 
 class EnvironmentPool:
@@ -114,7 +154,7 @@ class EnvironmentPool:
     def read(self, path: str, durability: Durability,
              action: Callable[["lmdb.Transaction"], T]) -> T:
         """Run ``action`` in one short read transaction (no file lock, never blocks writers)."""
-        handle = self._checkout(path, durability)
+        handle = self._checkout(path, durability, write=False)
         try:
             env = handle.env
             try:
@@ -132,7 +172,7 @@ class EnvironmentPool:
     def write(self, path: str, durability: Durability,
               action: Callable[["lmdb.Transaction"], T]) -> T:
         """Run ``action`` in one write transaction, growing the map and retrying when full."""
-        handle = self._checkout(path, durability)
+        handle = self._checkout(path, durability, write=True)
         try:
             env = handle.env
             while True:
@@ -146,17 +186,42 @@ class EnvironmentPool:
         finally:
             handle.lock.release()
 
-    def _checkout(self, path: str, durability: Durability) -> _Handle:
-        """Return the open handle of ``path`` with its lock held."""
+    def _checkout(self, path: str, durability: Durability, write: bool) -> _Handle:
+        """Return the open handle of ``path`` with its lock held.
+
+        A handle whose data file was deleted or replaced, or that was opened with another
+        durability, is closed and the store reopened (writes check every time, reads at most
+        every ``RECHECK_SECONDS``). A read of a store that no longer exists raises
+        :class:`StoreMissing`; a write creates it again.
+        """
         while True:
             handle = self._handles.get(path)
             if handle is None:
+                if not write and not store_exists(path):
+                    raise StoreMissing(path)
                 handle = self._open(path, durability)
             handle.lock.acquire()
             if handle.env is not None:
-                handle.last_used = next(self._clock)
-                return handle
-            handle.lock.release()  # closed (evicted) between lookup and lock: look again
+                stale = handle.durability is not durability or (
+                    (write or time.monotonic() - handle.checked_at > RECHECK_SECONDS)
+                    and not handle.is_current())
+                if not stale:
+                    handle.last_used = next(self._clock)
+                    return handle
+                self._retire(handle)
+            handle.lock.release()  # closed (evicted, stale) since lookup: look again
+
+    def _retire(self, handle: _Handle) -> None:
+        """Close a handle whose lock the caller holds, then unregister it.
+
+        Takes no pool lock (the pool lock is always taken before handle locks, never after).
+        Popping is safe without it: ``_open`` only adds a handle for a path that has none, and
+        this one stays registered until popped here.
+        """
+        handle.env.close()
+        handle.env = None
+        if self._handles.get(handle.path) is handle:
+            self._handles.pop(handle.path, None)
 
     def _open(self, path: str, durability: Durability) -> _Handle:
         with self._lock:
@@ -165,7 +230,7 @@ class EnvironmentPool:
                 return handle
             if len(self._handles) >= self.max_open:
                 self._evict_idle()
-            handle = _Handle(path, _open_environment(path, durability))
+            handle = _Handle(path, _open_environment(path, durability), durability)
             self._handles[path] = handle
             return handle
 

@@ -100,9 +100,23 @@ def ensure_local_filesystem(path: str, mountinfo_text: Optional[str] = None) -> 
 
 
 def make_private_dirs(path: str) -> None:
-    """Create ``path`` and its missing parents owner-only (0700).
+    """Create ``path`` and each of its missing parents owner-only (0700).
 
     Cached results are pickles and unpickling runs code, so a cache folder is trusted code:
-    other users must not be able to plant files in it.
+    other users must not be able to plant files in it (nor list groupby values). Each level is
+    made here because ``os.makedirs`` applies its mode to the last folder only.
     """
-    os.makedirs(path, mode=stat.S_IRWXU, exist_ok=True)
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, stat.S_IRWXU)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise

@@ -15,7 +15,7 @@ import lmdb
 
 from . import keys
 from .durability import Durability
-from .environments import DATA_FILE, POOL, EnvironmentPool, store_exists
+from .environments import DATA_FILE, POOL, EnvironmentPool, StoreMissing, store_exists
 from .errors import StoreFormatError
 from .records import Record, RecordKind, decode_record, encode_record
 
@@ -30,6 +30,7 @@ class StoreStats:
     tombstones: int       # calls whose newest record is a deletion
     live_bytes: int       # bytes of the newest value records
     file_bytes: int       # size of data.mdb on disk
+    unreadable: int = 0   # calls whose newest record has a newer format than this version reads
 
 
 def _newest(txn: "lmdb.Transaction", prefix: bytes) -> Optional[Tuple[bytes, bytes]]:
@@ -66,7 +67,7 @@ class Store:
         if not self.exists():
             return None
         prefix = keys.record_prefix(bucket, digest)
-        found = self._pool.read(self.path, self.durability, lambda txn: _newest(txn, prefix))
+        found = self._read(lambda txn: _newest(txn, prefix), None)
         if found is None:
             return None
         key, data = found
@@ -84,44 +85,48 @@ class Store:
         start = keys.bucket_prefix(bucket) if bucket is not None else b""
         stop = keys.bucket_prefix(bucket + 1) if bucket is not None else keys.META_KEY[:4]
         while True:
-            batch, start = self._pool.read(
-                self.path, self.durability,
-                lambda txn: _scan_batch(txn, start, stop, with_values),
-            )
+            batch, start = self._read(lambda txn: _scan_batch(txn, start, stop, with_values),
+                                      ([], None))
             for bucket_id, digest, record in batch:
                 yield bucket_id, digest, record
             if start is None:
                 return
 
     def stats(self) -> StoreStats:
-        entries = versions = tombstones = live_bytes = 0
+        tally = {"entries": 0, "versions": 0, "tombstones": 0, "live_bytes": 0, "unreadable": 0}
         if self.exists():
             def count(txn):
-                nonlocal entries, versions, tombstones, live_bytes
                 cursor = txn.cursor()
                 previous_prefix, previous = None, None
                 for key, value in cursor.iternext(keys=True, values=True):
                     if not keys.is_record_key(key):
                         continue
-                    versions += 1
+                    tally["versions"] += 1
                     prefix = key[:keys.PREFIX_SIZE]
                     if prefix != previous_prefix and previous is not None:
-                        entries, tombstones, live_bytes = _tally(previous, entries, tombstones,
-                                                                 live_bytes)
+                        _tally(previous, tally)
                     previous_prefix, previous = prefix, value
                 if previous is not None:
-                    entries, tombstones, live_bytes = _tally(previous, entries, tombstones,
-                                                             live_bytes)
-            self._pool.read(self.path, self.durability, count)
+                    _tally(previous, tally)
+            self._read(count, None)
         data_file = os.path.join(self.path, DATA_FILE)
         file_bytes = os.path.getsize(data_file) if os.path.exists(data_file) else 0
-        return StoreStats(self.path, entries, versions, tombstones, live_bytes, file_bytes)
+        return StoreStats(self.path, tally["entries"], tally["versions"], tally["tombstones"],
+                          tally["live_bytes"], file_bytes, tally["unreadable"])
 
     def read_meta(self) -> dict:
         if not self.exists():
             return {}
-        raw = self._pool.read(self.path, self.durability, lambda txn: txn.get(keys.META_KEY))
+        raw = self._read(lambda txn: txn.get(keys.META_KEY), None)
         return json.loads(raw) if raw else {}
+
+    def _read(self, action, default):
+        """Run ``action`` in a read transaction; ``default`` if the store has been deleted."""
+        try:
+            return self._pool.read(self.path, self.durability, action)
+        except StoreMissing:
+            self._created = False
+            return default
 
     # --- writing --------------------------------------------------------------------------
     def append(self, bucket: int, digest: bytes, record: Record,
@@ -184,11 +189,18 @@ def _drop_all(txn: "lmdb.Transaction") -> None:
             return
 
 
-def _tally(value: bytes, entries: int, tombstones: int, live_bytes: int):
-    record = decode_record(value, with_value=False)
+def _tally(newest: bytes, tally: dict) -> None:
+    """Count one call by its newest record."""
+    try:
+        record = decode_record(newest, with_value=False)
+    except StoreFormatError:
+        tally["unreadable"] += 1  # a newer writer's record: counted, never misread
+        return
     if record.is_tombstone:
-        return entries, tombstones + 1, live_bytes
-    return entries + 1, tombstones, live_bytes + len(value)
+        tally["tombstones"] += 1
+    else:
+        tally["entries"] += 1
+        tally["live_bytes"] += len(newest)
 
 
 _SCAN_BATCH = 1024
