@@ -48,5 +48,9 @@ def split_key(key: bytes):
     return bucket, digest, sequence
 
 
+def sequence_of(key: bytes) -> int:
+    return _SEQUENCE.unpack_from(key, PREFIX_SIZE)[0]
+
+
 def is_record_key(key: bytes) -> bool:
     return len(key) == PREFIX_SIZE + SEQUENCE_SIZE and not key.startswith(META_KEY[:BUCKET_SIZE])

@@ -42,6 +42,9 @@ class Record(NamedTuple):
         return self.kind is RecordKind.TOMBSTONE
 
 
+_KINDS = {int(kind): kind for kind in RecordKind}
+
+
 def encode_record(record: Record) -> bytes:
     serializer = record.serializer.encode("ascii")
     python_version = record.python_version.encode("ascii")
@@ -72,14 +75,16 @@ def decode_record(data, sequence: int = 0, with_value: bool = True) -> Record:
             f"{RECORD_FORMAT}); upgrade persist_to_disk to read it"
         )
     start = _HEADER.size
-    serializer = bytes(data[start:start + n_ser]).decode("ascii")
-    start += n_ser
-    python_version = bytes(data[start:start + n_py]).decode("ascii")
-    start += n_py
-    key_blob = bytes(data[start:start + n_key])
-    start += n_key
-    value_blob = bytes(data[start:]) if with_value else b""
-    return Record(
-        RecordKind(kind), created, compute_seconds, serializer, python_version,
-        key_blob, value_blob, sequence,
-    )
+    end = start + n_ser
+    serializer = str(data[start:end], "ascii")
+    start, end = end, end + n_py
+    python_version = str(data[start:end], "ascii")
+    start, end = end, end + n_key
+    key_blob = bytes(data[start:end])
+    value_blob = bytes(data[end:]) if with_value else b""
+    try:
+        kind = _KINDS[kind]
+    except KeyError:
+        raise StoreFormatError(f"record kind {kind} is unknown to this version") from None
+    return Record(kind, created, compute_seconds, serializer, python_version, key_blob,
+                  value_blob, sequence)

@@ -71,8 +71,8 @@ class Store:
         if found is None:
             return None
         key, data = found
-        record = decode_record(data, keys.split_key(key)[2])
-        return None if record.is_tombstone else record
+        record = decode_record(data, keys.sequence_of(key))
+        return None if record.kind is RecordKind.TOMBSTONE else record
 
     def scan(self, bucket: Optional[int] = None, with_values: bool = True
              ) -> Iterator[Tuple[int, bytes, Record]]:
@@ -143,7 +143,7 @@ class Store:
                 document = {"store_format": STORE_FORMAT, "created": time.time(), **meta}
                 txn.put(keys.META_KEY, json.dumps(document, sort_keys=True).encode("utf-8"))
             newest = _newest(txn, prefix)
-            sequence = keys.split_key(newest[0])[2] + 1 if newest else 0
+            sequence = keys.sequence_of(newest[0]) + 1 if newest else 0
             txn.put(keys.record_key(prefix, sequence), payload)
             return sequence
 

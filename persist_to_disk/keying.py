@@ -220,6 +220,10 @@ def encode_value(value: Any) -> bytes:
     return _encoded(value, set())
 
 
+_NAMES: dict = {}  # parameter name -> its encoding; names are few and repeat on every call
+_MAX_NAMES = 10_000
+
+
 def call_digest(group_values: Tuple[Any, ...], key: Tuple[Tuple[str, Any], ...],
                 function_name: str = "the function", group_names: Tuple[str, ...] = ()
                 ) -> bytes:
@@ -237,9 +241,15 @@ def call_digest(group_values: Tuple[Any, ...], key: Tuple[Tuple[str, Any], ...],
                 name = group_names[index]
             _encode(value, out, set())
         out += b"(" + _length(len(key))
+        active: set = set()
         for name, value in key:
-            out += b"s" + _length(len(name)) + name.encode("utf-8", "surrogatepass")
-            _encode(value, out, set())
+            encoded_name = _NAMES.get(name)
+            if encoded_name is None:
+                encoded_name = _text(b"s", name)
+                if len(_NAMES) < _MAX_NAMES:  # generated **kwargs names must not grow it forever
+                    _NAMES[name] = encoded_name
+            out += encoded_name
+            _encode(value, out, active)
     except _Unkeyable as err:
         raise UnkeyableArgumentError(
             f"Argument {name!r} of {function_name} cannot be used as a cache key: {err}. "
