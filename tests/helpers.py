@@ -3,6 +3,8 @@
 from pathlib import Path
 from typing import List
 
+import persist_to_disk as ptd
+
 
 def store_folders(root) -> List[Path]:
     """Every folder under ``root`` that holds an LMDB store (a ``data.mdb`` file), sorted."""
@@ -12,3 +14,16 @@ def store_folders(root) -> List[Path]:
 def files_under(root) -> List[Path]:
     root = Path(root)
     return sorted(p for p in root.rglob("*")) if root.exists() else []
+
+
+def counting(**options):
+    """Decorate a function that records each computation in ``calls`` and returns
+    ``(x, number of the computation)``, so a recomputation is visible in the result."""
+    calls = []
+
+    @ptd.persistf(**options)
+    def compute(x):
+        calls.append(x)
+        return (x, len(calls))
+
+    return compute, calls

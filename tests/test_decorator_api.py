@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import persist_to_disk as ptd
-from helpers import files_under, store_folders
+from helpers import counting, files_under, store_folders
 
 
 # --- module-level functions and classes (pickling and methods need importable names) ---------
@@ -58,18 +58,6 @@ class Scaler:
     def scale(self, x):
         method_calls.append((self.factor, x))
         return self.factor * x
-
-
-def counting(**options):
-    """A decorated function that records each computation and returns ``(x, count)``."""
-    calls = []
-
-    @ptd.persistf(**options)
-    def compute(x):
-        calls.append(x)
-        return (x, len(calls))
-
-    return compute, calls
 
 
 # --- the wrapper looks like the function ------------------------------------------------------

@@ -32,23 +32,10 @@ import pytest
 import persist_to_disk as ptd
 from persist_to_disk.engine import Record, RecordKind, Store
 from conftest import write_module
-from helpers import store_folders
+from helpers import counting, store_folders
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-def counting(**options):
-    """Decorate a function that records each computation in ``calls`` and returns
-    ``(x, number of the computation)``, so a recomputation is visible in the result."""
-    calls = []
-
-    @ptd.persistf(**options)
-    def compute(x):
-        calls.append(x)
-        return (x, len(calls))
-
-    return compute, calls
-
 
 def stats_of(func, *args, **kwargs):
     """The engine's statistics of the store that holds ``func(*args, **kwargs)``."""
