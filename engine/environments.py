@@ -91,23 +91,34 @@ def check_folder(path: str) -> None:
         )
 
 
+def _read_only_filesystem(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _open_environment(path: str, durability: Durability) -> "lmdb.Environment":
     check_folder(path)
     ensure_local_filesystem(path)
-    make_private_dirs(path)
+    if os.path.isdir(path) and _read_only_filesystem(path):
+        # Nobody can write a read-only filesystem, so reading without LMDB's lock file (which
+        # cannot be opened for writing there) is safe; every write fails and is reported.
+        options = {"readonly": True, "lock": False}
+    else:
+        make_private_dirs(path)
+        options = {"readonly": False, "lock": True, "create": True, "mode": 0o600,
+                   **durability.lmdb_flags}
     try:
         env = lmdb.open(
             path,
             map_size=INITIAL_MAP_SIZE,
             subdir=True,
-            create=True,
-            mode=0o600,
             readahead=False,
             meminit=False,
             max_readers=MAX_READERS,
             max_spare_txns=0,
-            lock=True,
-            **durability.lmdb_flags,
+            **options,
         )
     except (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError,
             lmdb.InvalidParameterError) as err:
@@ -119,11 +130,12 @@ def _open_environment(path: str, durability: Durability) -> "lmdb.Environment":
     except lmdb.Error as err:
         if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
             raise PermissionError(
-                f"Cannot open the cache store in {path}: permission denied. Give your user "
-                "read and write access to it, or point persist_path elsewhere."
+                f"Cannot open the cache store in {path}: permission denied ({err}). Give your "
+                "user read and write access to it, or point persist_path elsewhere."
             ) from err
         raise
-    env.reader_check()  # free read slots left behind by killed processes
+    if not options["readonly"]:
+        env.reader_check()  # free read slots left behind by killed processes
     _check_length(path, env)
     return env
 
@@ -149,6 +161,7 @@ class EnvironmentPool:
         self._handles: Dict[str, _Handle] = {}
         self._lock = threading.Lock()
         self._clock = itertools.count(1)
+        self._held_for_fork: list = []
 
     # --- using an environment -------------------------------------------------------------
     def read(self, path: str, durability: Durability,
@@ -272,14 +285,27 @@ class EnvironmentPool:
         return list(self._handles)
 
     def _before_fork(self) -> None:
+        """Wait until no transaction runs: take the pool lock, then every handle's lock.
+
+        The handles are snapshotted first: a handle retired meanwhile (``_retire`` pops it
+        without the pool lock) must neither break the iteration nor be released twice.
+        """
         self._lock.acquire()
-        for handle in self._handles.values():
-            handle.lock.acquire()
+        held = []
+        try:
+            for handle in list(self._handles.values()):
+                handle.lock.acquire()
+                held.append(handle)
+        finally:
+            self._held_for_fork = held
 
     def _after_fork_in_parent(self) -> None:
-        for handle in self._handles.values():
-            handle.lock.release()
-        self._lock.release()
+        try:
+            for handle in self._held_for_fork:
+                handle.lock.release()
+        finally:
+            self._held_for_fork = []
+            self._lock.release()
 
     def _after_fork_in_child(self) -> None:
         """The child must not use what it inherited: close it (no transaction is running,
@@ -292,6 +318,7 @@ class EnvironmentPool:
                 pass
             handle.env = None
         self._handles = {}
+        self._held_for_fork = []
         self._lock = threading.Lock()
 
 

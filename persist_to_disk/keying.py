@@ -24,6 +24,7 @@ import fractions
 import hashlib
 import pathlib
 import struct
+import sys
 import types
 import uuid
 from typing import Any, Iterable, Tuple
@@ -35,8 +36,9 @@ _FLOAT = struct.Struct("<d")
 _NAN = b"d" + _FLOAT.pack(float("nan"))
 
 
-class _Unkeyable(Exception):
-    """Internal: why a value (somewhere inside an argument) cannot be keyed."""
+class UnkeyableValue(Exception):
+    """Why a value (somewhere inside an argument) cannot be keyed; the API layer turns it into
+    an :class:`UnkeyableArgumentError` that names the argument."""
 
 
 _length = struct.Struct("<Q").pack  # length prefix of every variable-size field
@@ -47,6 +49,19 @@ def _text(tag: bytes, value: str) -> bytes:
     return tag + _length(len(data)) + data
 
 
+def _module_name(module: str) -> str:
+    """The importable name of a module: the main script is ``__main__`` in the parent but
+    ``__mp_main__`` in a multiprocessing spawn worker, and a script run with ``python -m pkg.mod``
+    is also importable as ``pkg.mod``; all spellings must give one key."""
+    if module in ("__main__", "__mp_main__"):
+        spec = getattr(sys.modules.get(module), "__spec__", None)
+        name = getattr(spec, "name", None)
+        if name and name not in ("__main__", "__mp_main__"):
+            return name
+        return "__main__"
+    return module
+
+
 def _reference(obj: Any) -> bytes:
     """Key a class, function or module by where it is imported from."""
     module = getattr(obj, "__module__", None)
@@ -54,14 +69,14 @@ def _reference(obj: Any) -> bytes:
     if qualname is None or module is None:
         if type(obj).__name__ == "module":
             return _text(b"M", obj.__name__)
-        raise _Unkeyable(f"{obj!r:.80} has no importable name")
+        raise UnkeyableValue(f"{obj!r:.80} has no importable name")
     if "<lambda>" in qualname or "<locals>" in qualname:
-        raise _Unkeyable(
+        raise UnkeyableValue(
             f"{qualname} is a lambda or a function/class defined inside another function; its "
             "behaviour is not captured by its name. Pass a module-level function or class, or "
             "a plain value (for example its name) instead"
         )
-    return _text(b"G", f"{module}:{qualname}")
+    return _text(b"G", f"{_module_name(module)}:{qualname}")
 
 
 def _encode_scalar_fallback(value: Any, out: bytearray, active: set) -> None:
@@ -80,7 +95,7 @@ def _encode_scalar_fallback(value: Any, out: bytearray, active: set) -> None:
     if isinstance(value, enum.Enum):
         out += _reference(cls) + _text(b"E", value.name)
         return
-    if hasattr(cls, "__dataclass_fields__"):
+    if "__dataclass_fields__" in cls.__dict__ and _only_fields(value):
         out += b"D" + _reference(cls)
         fields = dataclasses.fields(value)
         out += _length(len(fields))
@@ -110,6 +125,13 @@ def _encode_scalar_fallback(value: Any, out: bytearray, active: set) -> None:
     _encode_object(value, out, active)
 
 
+def _only_fields(value: Any) -> bool:
+    """Whether a dataclass instance holds nothing but its fields (a subclass or ``__init__``
+    may add attributes, which must then be keyed too, through ``__reduce_ex__``)."""
+    extra = getattr(value, "__dict__", None)
+    return extra is None or set(extra) <= set(type(value).__dataclass_fields__)
+
+
 def _is_numpy_scalar(value: Any) -> bool:
     return any(base.__name__ == "generic" and base.__module__ == "numpy"
                for base in type(value).__mro__)
@@ -134,9 +156,9 @@ def _encode_object(value: Any, out: bytearray, active: set) -> None:
     try:
         reduced = value.__reduce_ex__(4)
     except Exception as err:  # objects that refuse pickling: locks, files, generators, ...
-        raise _Unkeyable(f"{type(value).__qualname__} object cannot be keyed ({err})") from None
+        raise UnkeyableValue(f"{type(value).__qualname__} object cannot be keyed ({err})") from None
     if isinstance(reduced, str):
-        out += _text(b"G", f"{getattr(value, '__module__', '')}:{reduced}")
+        out += _text(b"G", f"{_module_name(getattr(value, '__module__', ''))}:{reduced}")
         return
     parts = tuple(reduced) + (None,) * (5 - len(reduced))
     constructor, args, state, list_items, dict_items = parts[:5]
@@ -145,7 +167,8 @@ def _encode_object(value: Any, out: bytearray, active: set) -> None:
     _encode(args, out, active)
     _encode(state, out, active)
     _encode(list(list_items) if list_items is not None else None, out, active)
-    _encode(dict(dict_items) if dict_items is not None else None, out, active)
+    # Items in their own order: for an OrderedDict the order is part of equality.
+    _encode(list(dict_items) if dict_items is not None else None, out, active)
 
 
 def _encode_sequence(tag: bytes, value: Iterable, n: int, out: bytearray, active: set) -> None:
@@ -185,7 +208,7 @@ def _encode(value: Any, out: bytearray, active: set) -> None:
             return
         marker = id(value)
         if marker in active:
-            raise _Unkeyable("it contains a reference to itself (a cycle)")
+            raise UnkeyableValue("it contains a reference to itself (a cycle)")
         active.add(marker)
         try:
             if cls is tuple:
@@ -207,7 +230,7 @@ def _encode(value: Any, out: bytearray, active: set) -> None:
     else:
         marker = id(value)
         if marker in active:
-            raise _Unkeyable("it contains a reference to itself (a cycle)")
+            raise UnkeyableValue("it contains a reference to itself (a cycle)")
         active.add(marker)
         try:
             _encode_scalar_fallback(value, out, active)
@@ -216,8 +239,13 @@ def _encode(value: Any, out: bytearray, active: set) -> None:
 
 
 def encode_value(value: Any) -> bytes:
-    """Canonical bytes of one value (raises ``_Unkeyable``; used by tests and tools)."""
+    """Canonical bytes of one value (raises ``UnkeyableValue``; used by tests and tools)."""
     return _encoded(value, set())
+
+
+def value_digest(value: Any) -> bytes:
+    """Digest of one value's canonical bytes (raises ``UnkeyableValue``)."""
+    return hashlib.blake2b(encode_value(value), digest_size=DIGEST_SIZE).digest()
 
 
 _NAMES: dict = {}  # parameter name -> its encoding; names are few and repeat on every call
@@ -250,7 +278,7 @@ def call_digest(group_values: Tuple[Any, ...], key: Tuple[Tuple[str, Any], ...],
                     _NAMES[name] = encoded_name
             out += encoded_name
             _encode(value, out, active)
-    except _Unkeyable as err:
+    except UnkeyableValue as err:
         raise UnkeyableArgumentError(
             f"Argument {name!r} of {function_name} cannot be used as a cache key: {err}. "
             f"Pass a value that can be keyed, or list {name!r} in skip_kwargs if it does not "

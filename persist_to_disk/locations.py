@@ -10,6 +10,7 @@ stable, documented place instead of an error:
 * a REPL, a notebook cell, ``python -c`` or ``exec`` (no source file): ``_interactive``.
 """
 
+import inspect
 import os
 from typing import Callable, List, Sequence
 
@@ -22,6 +23,10 @@ MAX_FOLDER_NAME_BYTES = 255
 
 
 def _source_file(func: Callable) -> str:
+    """The file that defines ``func`` itself, looking through wrapper decorators
+    (``functools.wraps`` sets ``__wrapped__``): otherwise every function wrapped by one helper
+    decorator would land in that helper's folder and share its store."""
+    func = inspect.unwrap(func)
     code = getattr(func, "__code__", None)
     filename = code.co_filename if code is not None else ""
     if filename and filename.endswith(".py") and os.path.isfile(filename):

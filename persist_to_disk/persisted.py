@@ -12,7 +12,9 @@
 """
 
 import functools
+import inspect
 import os
+import sys
 import threading
 import time
 import warnings
@@ -27,11 +29,12 @@ from .engine import (Durability, EngineError, LockScope, Record, RecordKind, Sto
                      StoreFormatError, Timeout, check_folder, ensure_local_filesystem, lock_path, scope_lock,
                      store_exists)
 from .errors import CacheMissError, ConfigError, PersistWarning
-from .keying import bucket_of, call_digest
+from .keying import UnkeyableValue, bucket_of, call_digest, value_digest
 from .locations import function_folder_name, leaf_folder, module_parts
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE, parse_mode
 from .normalization import GroupSpec, Normalizer, group_folder_names
-from .serialization import PYTHON_VERSION, IncompatibleRecord, dumps, dumps_key, loads
+from .serialization import (PYTHON_VERSION, IncompatibleRecord, check_loadable, dumps, dumps_key,
+                            loads)
 
 HASH_METHODS = ("pickle", "json")
 
@@ -156,6 +159,7 @@ class PersistedFunction:
                                      options.groupby)
         self.group_names = tuple("$$".join(spec) if isinstance(spec, tuple) else spec
                                  for spec in options.groupby)
+        self.closure_key = closure_key(func)
         self._resolve_lock = threading.Lock()
         self._version = None
         self._leaves: Dict[Tuple[str, ...], Store] = {}
@@ -208,7 +212,8 @@ class PersistedFunction:
         """``(store, bucket, digest, key tuple)`` of a call."""
         bound = self.binder.bind(args, kwargs)
         group_values, key = self.normalizer.normalize(bound)
-        digest = call_digest(group_values, key, self.func.__qualname__, self.group_names)
+        digest = call_digest(group_values, key + self.closure_key, self.func.__qualname__,
+                             self.group_names)
         store = self.store_for(group_values)
         return store, bucket_of(digest, self.hashsize), digest, key
 
@@ -223,7 +228,7 @@ class PersistedFunction:
             return self.func(*args, **kwargs)
         store, bucket, digest, key = self.locate(args, kwargs)
         if mode == CHECKONLY:
-            return self._load(store, bucket, digest)[0]
+            return self._load(store, bucket, digest, value=False)[0]
         if mode != RECACHE:
             found, value = self._load(store, bucket, digest)
             if found:
@@ -234,31 +239,45 @@ class PersistedFunction:
                     "Call without cache_switch (or with CACHE) to compute it.")
         return self._compute(store, bucket, digest, key, args, kwargs, mode)
 
-    def _load(self, store: Store, bucket: int, digest: bytes) -> Tuple[bool, Any]:
+    def _load(self, store: Store, bucket: int, digest: bytes, value: bool = True
+              ) -> Tuple[bool, Any]:
+        """``(found, result)``; with ``value=False`` only whether a loadable-looking record is
+        there (CHECKONLY needs no unpickling of what may be a large result)."""
         try:
             record = store.latest(bucket, digest)
             if record is None:
                 return False, None
+            if not value:
+                check_loadable(record.serializer, record.python_version)
+                return True, None
             return True, loads(record.value_blob, record.serializer, record.python_version)
         except (IncompatibleRecord, StoreFormatError) as err:
             self._warn_once(store.path, "load",
                             f"A stored result of {self.name} in {store.path} {err}; computing it "
                             "again and storing a newer version (the old record is kept).")
             return False, None
+        except PermissionError as err:
+            self._warn_once(store.path, "read",
+                            f"Cannot read the cache of {self.name}: {err} Computing without it.")
+            return False, None
 
     def _compute(self, store: Store, bucket: int, digest: bytes, key: tuple, args: tuple,
                  kwargs: dict, mode: int) -> Any:
-        lock = scope_lock(lock_path(self.scope, store.path, bucket, self.project_root),
-                          self.options.lock_timeout)
+        path = lock_path(self.scope, store.path, bucket, self.project_root)
+        locked = False
         try:
+            lock = scope_lock(path, self.options.lock_timeout)
             lock.acquire()
             locked = True
         except Timeout:
-            locked = False
             self._warn_once(store.path, "lock",
-                            f"Could not lock {lock.lock_file} within {self.options.lock_timeout}s; "
+                            f"Could not lock {path} within {self.options.lock_timeout}s; "
                             f"computing {self.name} without the lock (the result is still "
                             "stored, but another process may compute the same call).")
+        except OSError as err:  # read-only filesystem, permissions: the result still matters
+            self._warn_once(store.path, "lock",
+                            f"Cannot create or take the lock {path} ({err}); computing "
+                            f"{self.name} without it.")
         try:
             if mode != RECACHE:
                 found, value = self._load(store, bucket, digest)
@@ -291,7 +310,7 @@ class PersistedFunction:
     def _warn_once(self, path: str, kind: str, message: str) -> None:
         if (path, kind) not in self._warned:
             self._warned.add((path, kind))
-            warnings.warn(message, PersistWarning, stacklevel=4)
+            warnings.warn(message, PersistWarning, stacklevel=_caller_stacklevel())
 
     # --- inspecting and clearing ----------------------------------------------------------
     def stores(self) -> List[Store]:
@@ -320,12 +339,57 @@ class PersistedFunction:
         """Whether a loadable result is stored, whatever mode ``cache=`` forces on calls."""
         kwargs.pop(self.options.switch_kwarg, None)
         store, bucket, digest, _ = self.locate(args, kwargs)
-        return self._load(store, bucket, digest)[0]
+        return self._load(store, bucket, digest, value=False)[0]
 
     def forget(self, args: tuple, kwargs: dict) -> bool:
         kwargs.pop(self.options.switch_kwarg, None)
         store, bucket, digest, _ = self.locate(args, kwargs)
         return store.delete(bucket, digest)
+
+
+_PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the user's line, not at this package."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_FOLDER):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def closure_key(func: Callable) -> Tuple[Tuple[str, Any], ...]:
+    """Key entries for the variables a nested function captures from its enclosing function.
+
+    Closures made by one factory (``make(k)`` returning a decorated ``add`` that uses ``k``)
+    share a folder and a name, so what they captured must be part of every call's key. Names
+    start with ``<closure>`` so they can never meet a parameter. A captured value that cannot be
+    keyed is left out with a warning, since closures differing in it would share results.
+    The entries hold the digest of each value as it was at decoration (a captured list the
+    function appends to must not change the key of every later call).
+    """
+    func = inspect.unwrap(func)
+    cells = getattr(func, "__closure__", None) or ()
+    names = getattr(getattr(func, "__code__", None), "co_freevars", ())
+    entries = []
+    for name, cell in zip(names, cells):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not assigned yet: the function itself, for recursion
+            continue
+        if value is func or getattr(value, "__wrapped__", None) is func:
+            continue
+        try:
+            snapshot = value_digest(value)
+        except (UnkeyableValue, RecursionError) as err:
+            warnings.warn(
+                f"persistf on {func.__qualname__}: the captured variable {name!r} cannot be part "
+                f"of the cache key ({err}); closures that differ only in it will share cached "
+                "results. Pass it as an argument instead.", PersistWarning,
+                stacklevel=_caller_stacklevel())
+            continue
+        entries.append((f"<closure>{name}", snapshot))
+    return tuple(entries)
 
 
 def decorate(func: Callable, config: Config, **options) -> Callable:
@@ -334,8 +398,18 @@ def decorate(func: Callable, config: Config, **options) -> Callable:
     if isinstance(func, (staticmethod, classmethod)):
         raise TypeError("Put @persistf() below @staticmethod/@classmethod, directly on the "
                         "function.")
-    if not callable(func):
-        raise TypeError(f"persistf decorates functions; got {func!r}")
+    if not callable(func) or not hasattr(func, "__qualname__"):
+        raise TypeError(f"persistf decorates functions defined with def; got {func!r:.100}. "
+                        "Wrap it in a def (for a functools.partial, a def that calls it).")
+    if "<lambda>" in func.__qualname__:
+        raise TypeError(
+            "persistf cannot cache a lambda: every lambda of a module would share one cache "
+            "folder ('lambda') and return each other's results. Define it with def and a name.")
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func) \
+            or inspect.isgeneratorfunction(func):
+        raise TypeError(f"persistf cannot cache {func.__qualname__}: it returns a coroutine or "
+                        "a generator, not a result. Cache a function that returns the finished "
+                        "result (for example a list, or the awaited value).")
     binder = CallBinder(func)
     persisted = PersistedFunction(func, config, binder, make_options(func, binder, **options))
 

@@ -48,8 +48,8 @@ def dumps(value: Any, what: str) -> Tuple[bytes, str]:
         ) from pickle_error
 
 
-def loads(blob: bytes, serializer: str, python_version: str) -> Any:
-    """Load a stored value, or raise :class:`IncompatibleRecord` (to be treated as a miss)."""
+def check_loadable(serializer: str, python_version: str) -> None:
+    """Raise :class:`IncompatibleRecord` if a payload with this metadata must not be loaded."""
     if serializer.startswith("cloudpickle"):
         written_minor = ".".join(python_version.split(".")[:2])
         if written_minor != _PYTHON_MINOR:
@@ -59,6 +59,11 @@ def loads(blob: bytes, serializer: str, python_version: str) -> Any:
             )
     elif not serializer.startswith("pickle"):
         raise IncompatibleRecord(f"stored with an unknown serializer {serializer!r}")
+
+
+def loads(blob: bytes, serializer: str, python_version: str) -> Any:
+    """Load a stored value, or raise :class:`IncompatibleRecord` (to be treated as a miss)."""
+    check_loadable(serializer, python_version)
     try:
         return pickle.loads(blob)
     except Exception as err:  # class moved or deleted, module missing, truncated payload

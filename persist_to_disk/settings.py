@@ -90,7 +90,7 @@ class Config:
 
     def _defaults(self) -> Dict[str, str]:
         cache = os.path.join(settings_folder(), "cache")
-        return {"persist_path": cache, "persist_path_local": cache,
+        return {"persist_path": cache, "persist_path_local": "",
                 "hashsize": str(DEFAULT_HASHSIZE),
                 "lock_granularity": DEFAULT_LOCK_GRANULARITY,
                 "durability": DEFAULT_DURABILITY}
@@ -119,8 +119,6 @@ class Config:
                                 PersistWarning, stacklevel=3)
                         elif value.strip():
                             values[key] = value.strip()
-                    if "persist_path_local" not in parser[SECTION]:
-                        values["persist_path_local"] = values["persist_path"]
             source = {key: f"{path}: [{SECTION}] {key}" for key in values}
             for key in values:
                 inherited = os.environ.get(ENV_PREFIX + key.upper(), "").strip()
@@ -129,7 +127,9 @@ class Config:
                     source[key] = f"environment variable {ENV_PREFIX}{key.upper()}"
             settings = {
                 "persist_path": self._absolute(values["persist_path"]),
-                "persist_path_local": self._absolute(values["persist_path_local"]),
+                # unset: follows persist_path, wherever that is set (file, environment, code)
+                "persist_path_local": (self._absolute(values["persist_path_local"])
+                                       if values["persist_path_local"] else None),
                 "hashsize": parse_hashsize(values["hashsize"], source["hashsize"]),
             }
             for key, parse in (("lock_granularity", LockScope.parse),
@@ -167,7 +167,7 @@ class Config:
         parser = configparser.ConfigParser()
         parser[SECTION] = {
             "persist_path": self._settings["persist_path"],
-            "persist_path_local": self._settings["persist_path_local"],
+            "persist_path_local": self.get_persist_path(local=True),
             "hashsize": str(self._settings["hashsize"]),
             "lock_granularity": self._settings["lock_granularity"].value,
             "durability": self._settings["durability"].value,
@@ -213,7 +213,9 @@ class Config:
 
     def get_persist_path(self, local: bool = False) -> str:
         self._ensure_loaded()
-        return self._settings["persist_path_local" if local else "persist_path"]
+        if local and self._settings["persist_path_local"]:
+            return self._settings["persist_path_local"]
+        return self._settings["persist_path"]
 
     def get_project_path(self) -> str:
         return self._project_path

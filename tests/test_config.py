@@ -484,3 +484,17 @@ def test_an_unknown_key_in_config_ini_is_reported_not_silently_ignored(ptd_env):
     ptd.config.reload()
     with pytest.warns(ptd.PersistWarning, match=r"unknown key 'hash_size'"):
         assert ptd.config.get_hashsize() == 500
+
+
+def test_persist_path_local_follows_persist_path_until_set_itself(ptd_env, monkeypatch):
+    """Unset, ``persist_path_local`` is wherever ``persist_path`` is, however that was set."""
+    ptd.config.set_persist_path(str(ptd_env.tmp / "fast_disk"))
+    assert ptd.config.get_persist_path(local=True) == str(ptd_env.tmp / "fast_disk")
+
+    ptd.config.reload()
+    monkeypatch.setenv("PERSIST_TO_DISK_PERSIST_PATH", str(ptd_env.tmp / "from_env"))
+    assert ptd.config.get_persist_path(local=True) == str(ptd_env.tmp / "from_env")
+
+    ptd.config.set_persist_path_local(str(ptd_env.tmp / "node_local"))
+    assert ptd.config.get_persist_path(local=True) == str(ptd_env.tmp / "node_local")
+    assert ptd.config.get_persist_path() == str(ptd_env.tmp / "from_env")

@@ -49,6 +49,7 @@ from persist_to_disk.engine import store as store_module
 from persist_to_disk.engine.filesystem import parse_mountinfo
 from persist_to_disk.engine.records import decode_record, encode_record
 
+from conftest import run_python
 import engine_workers
 from engine_workers import digest_for, record_for, value_for
 from helpers import files_under, store_folders
@@ -999,3 +1000,74 @@ def test_a_killed_writer_loses_none_of_the_appends_it_returned_from(
         """,
         extra_env={"PYTHONPATH": str(TESTS_FOLDER)})
     assert result.stdout.splitlines()[0] == "[] True"
+
+
+# =================================================================================================
+# Review regressions: fork while a handle is retired; a read-only filesystem
+# =================================================================================================
+def test_a_fork_while_a_stale_handle_is_retired_leaves_the_pool_usable(tmp_path):
+    """``_before_fork`` waits on a handle whose holder then retires it (as when a store folder
+    is deleted or the durability changes): the fork hooks must neither break on the changed
+    registry nor leave the pool lock held."""
+    import threading
+    from persist_to_disk.engine.environments import EnvironmentPool
+
+    pool = EnvironmentPool()
+    stores = [Store(tmp_path / name, pool=pool) for name in ("a", "b", "c")]
+    for store in stores:
+        store.append(0, digest_for("x"), record_for("x"))
+    handle = pool._checkout(stores[1].path, stores[1].durability, write=False)  # lock held
+    forking = threading.Thread(target=pool._before_fork)
+    forking.start()
+    forking.join(0.2)
+    assert forking.is_alive()  # waiting for the running "transaction"
+    pool._retire(handle)
+    handle.lock.release()
+    forking.join(10)
+    assert not forking.is_alive()
+    pool._after_fork_in_parent()
+
+    done = threading.Event()
+    threading.Thread(target=lambda: (stores[1].latest(0, digest_for("x")), done.set()),
+                     daemon=True).start()
+    assert done.wait(10), "the pool stayed locked after the fork hooks"
+    assert stores[0].latest(0, digest_for("x")) is not None
+    pool.close_all()
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A small tmpfs the test can remount read-only (needs root; skipped otherwise)."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): " + made.stderr.decode()[:200])
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_a_cache_on_a_read_only_filesystem_answers_hits_and_still_computes_misses(
+        read_only_mount, ptd_env):
+    home = read_only_mount / "home"
+    code = """
+        import warnings
+        import persist_to_disk as ptd
+        warnings.simplefilter("always")
+
+        @ptd.persistf()
+        def double(x):
+            print("computed", x)
+            return 2 * x
+
+        import sys
+        for x in map(int, sys.argv[1:]):
+            print("value", double(x))
+    """
+    run_python(code, ptd_env.project, home, "1")
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_mount)], check=True)
+    result = run_python(code, ptd_env.project, home, "1", "2")
+    assert result.stdout.split("\n")[:3] == ["value 2", "computed 2", "value 4"]
+    assert "Could not store the result" in result.stderr
+    assert "Read-only file system" in result.stderr

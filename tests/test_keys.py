@@ -21,14 +21,19 @@ deterministic and each one is able to fail.
 """
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import enum
 import json
 import math
+import os
 import pathlib
 import pickle
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
 from collections import defaultdict
 
@@ -680,3 +685,61 @@ def test_a_random_argument_hits_when_passed_again_as_an_equal_copy(value):
     before = len(DESCRIBE_CALLS)
     assert describe(pickle.loads(pickle.dumps(value))) == first
     assert len(DESCRIBE_CALLS) == before
+
+
+# --- values whose equality Python defines more strictly than a plain dict or dataclass ------------
+
+def test_ordered_dicts_in_different_orders_are_different_calls():
+    """``OrderedDict`` equality includes the order, so the key must too."""
+    first = collections.OrderedDict([("x", 1), ("y", 2)])
+    second = collections.OrderedDict([("y", 2), ("x", 1)])
+    assert first != second
+    assert encode_value(first) != encode_value(second)
+    assert encode_value(first) == encode_value(collections.OrderedDict([("x", 1), ("y", 2)]))
+
+
+@dataclasses.dataclass
+class _BaseRun:
+    lr: float
+
+
+class _RunWithEpochs(_BaseRun):
+    """A plain subclass adding state outside the dataclass fields."""
+
+    def __init__(self, lr, epochs):
+        super().__init__(lr)
+        self.epochs = epochs
+
+
+def test_state_a_dataclass_subclass_adds_is_part_of_the_key():
+    assert encode_value(_RunWithEpochs(0.1, 99)) != encode_value(_RunWithEpochs(0.1, 10))
+    assert encode_value(_RunWithEpochs(0.1, 10)) == encode_value(_RunWithEpochs(0.1, 10))
+
+
+def test_spawn_workers_key_classes_of_the_main_script_like_the_parent(ptd_env):
+    """In a spawn worker the main script is ``__mp_main__``; a dataclass defined there must key
+    as it does in the parent, or the parent misses what its workers computed."""
+    script = ptd_env.project / "spawned.py"
+    script.write_text(textwrap.dedent("""
+        import dataclasses, multiprocessing
+        import persist_to_disk as ptd
+
+        @dataclasses.dataclass(frozen=True)
+        class Cfg:
+            lr: float
+
+        @ptd.persistf()
+        def train(cfg):
+            return cfg.lr * 10
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
+                pool.map(train, [Cfg(0.1), Cfg(0.2)])
+            print(train.is_cached(Cfg(0.1)), train.is_cached(Cfg(0.2)))
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSIST_TO_DISK_")}
+    env["PERSIST_TO_DISK_HOME"] = str(ptd_env.home)
+    result = subprocess.run([sys.executable, str(script)], cwd=str(ptd_env.project), env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
