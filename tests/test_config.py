@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import pytest
 
 import persist_to_disk as ptd
-from helpers import store_folders
+from helpers import counting, store_folders
 from persist_to_disk.engine import Store
 
 
@@ -223,26 +223,20 @@ def test_persist_path_local_defaults_to_persist_path(ptd_env):
 # --- setting paths in code --------------------------------------------------------------------
 
 def test_set_persist_path_after_decoration_moves_later_calls(ptd_env):
-    calls = []
-
-    @ptd.persistf()
-    def double(x):
-        calls.append(x)
-        return 2 * x
-
-    double(1)
-    assert Path(double.cache_folder()).is_relative_to(ptd_env.persist)
+    compute, calls = counting()
+    assert compute(1) == (1, 1)
+    assert Path(compute.cache_folder()).is_relative_to(ptd_env.persist)
 
     moved = ptd_env.tmp / "moved"
     ptd.config.set_persist_path(str(moved))
     assert ptd.config.get_persist_path() == str(moved)
-    assert double(1) == 2  # the new persist path has no cache yet: computed again
-    assert double(1) == 2
+    assert compute(1) == (1, 2)  # the new persist path has no cache yet: computed again
+    assert compute(1) == (1, 2)
     assert calls == [1, 1]
-    assert store_folders(moved) == [Path(double.cache_folder())]
+    assert store_folders(moved) == [Path(compute.cache_folder())]
 
     ptd.config.set_persist_path(str(ptd_env.persist))  # back: the first cache is still there
-    assert double(1) == 2
+    assert compute(1) == (1, 1)
     assert calls == [1, 1]
 
 
@@ -255,23 +249,17 @@ def test_get_persist_path_returns_the_set_path_made_absolute(ptd_env, monkeypatc
 
 
 def test_set_project_path_after_decoration_moves_later_calls(ptd_env):
-    calls = []
-
-    @ptd.persistf()
-    def double(x):
-        calls.append(x)
-        return 2 * x
-
-    double(1)
+    compute, calls = counting()
+    compute(1)
     first_root = project_root(ptd_env)
-    assert Path(double.cache_folder()).is_relative_to(first_root)
+    assert Path(compute.cache_folder()).is_relative_to(first_root)
 
     other = ptd_env.tmp / "other_project"
     other.mkdir()
     ptd.config.set_project_path(str(other))
-    assert double(1) == 2
+    assert compute(1) == (1, 2)
     assert calls == [1, 1]  # another project, another cache
-    assert Path(double.cache_folder()).is_relative_to(project_root(ptd_env, other))
+    assert Path(compute.cache_folder()).is_relative_to(project_root(ptd_env, other))
     assert project_root(ptd_env, other) != first_root
 
 
