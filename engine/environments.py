@@ -102,8 +102,9 @@ def _open_environment(path: str, durability: Durability) -> "lmdb.Environment":
     check_folder(path)
     ensure_local_filesystem(path)
     if os.path.isdir(path) and _read_only_filesystem(path):
-        # Nobody can write a read-only filesystem, so reading without LMDB's lock file (which
-        # cannot be opened for writing there) is safe; every write fails and is reported.
+        # LMDB's lock file cannot be written here, so read without it, as LMDB itself does on a
+        # read-only filesystem (MDB_ROFS); every write fails and is reported. Safe as long as no
+        # process writes the same store through another, writable mount at the same time.
         options = {"readonly": True, "lock": False}
     else:
         make_private_dirs(path)

@@ -21,6 +21,7 @@ import datetime
 import decimal
 import enum
 import fractions
+import functools
 import hashlib
 import pathlib
 import struct
@@ -127,9 +128,16 @@ def _encode_scalar_fallback(value: Any, out: bytearray, active: set) -> None:
 
 def _only_fields(value: Any) -> bool:
     """Whether a dataclass instance holds nothing but its fields (a subclass or ``__init__``
-    may add attributes, which must then be keyed too, through ``__reduce_ex__``)."""
-    extra = getattr(value, "__dict__", None)
-    return extra is None or set(extra) <= set(type(value).__dataclass_fields__)
+    may add attributes, which must then be keyed too, through ``__reduce_ex__``). Values cached
+    by ``functools.cached_property`` are derived from the fields and do not count: equal
+    instances must give one key whether or not someone read the property."""
+    state = getattr(value, "__dict__", None)
+    if state is None:
+        return True
+    cls = type(value)
+    extra = set(state) - set(cls.__dataclass_fields__)
+    return all(isinstance(getattr(cls, name, None), functools.cached_property)
+               for name in extra)
 
 
 def _is_numpy_scalar(value: Any) -> bool:

@@ -102,9 +102,11 @@ def make_options(func: Callable, binder: CallBinder, *, groupby=None, expand_dic
     listed = {"groupby": group_names, "skip_kwargs": list(skip),
               "expand_dict_kwargs": [] if expand == "all" else list(expand)}
     everything: List[str] = []
+    captured = set(captured_names(func))
     for option, names in listed.items():
         if binder.var_keyword is None:
-            unknown = [n for n in names if n not in binder.names]
+            allowed = binder.names | captured if option == "skip_kwargs" else binder.names
+            unknown = [n for n in names if n not in allowed]
             if unknown:
                 raise ConfigError(f"{where}: {option} names {unknown}, which "
                                   f"{'is' if len(unknown) == 1 else 'are'} not a parameter of "
@@ -159,7 +161,7 @@ class PersistedFunction:
                                      options.groupby)
         self.group_names = tuple("$$".join(spec) if isinstance(spec, tuple) else spec
                                  for spec in options.groupby)
-        self.closure_key = closure_key(func)
+        self.closure_key = closure_key(func, options.skip_kwargs)
         self._resolve_lock = threading.Lock()
         self._version = None
         self._leaves: Dict[Tuple[str, ...], Store] = {}
@@ -336,7 +338,9 @@ class PersistedFunction:
         return sum(store.clear() for store in self.stores())
 
     def is_cached(self, args: tuple, kwargs: dict) -> bool:
-        """Whether a loadable result is stored, whatever mode ``cache=`` forces on calls."""
+        """Whether a result is stored (by its record's metadata; the value is not unpickled),
+        whatever mode ``cache=`` forces on calls. A stored value whose class has since gone
+        still counts, though the next call recomputes it."""
         kwargs.pop(self.options.switch_kwarg, None)
         store, bucket, digest, _ = self.locate(args, kwargs)
         return self._load(store, bucket, digest, value=False)[0]
@@ -358,37 +362,63 @@ def _caller_stacklevel() -> int:
     return level
 
 
-def closure_key(func: Callable) -> Tuple[Tuple[str, Any], ...]:
+def _layers(func: Callable) -> List[Callable]:
+    """``func`` and every function it wraps (``__wrapped__``), outermost first."""
+    layers, seen = [], set()
+    while func is not None and id(func) not in seen:
+        seen.add(id(func))
+        layers.append(func)
+        func = getattr(func, "__wrapped__", None)
+    return layers
+
+
+def captured_names(func: Callable) -> Tuple[str, ...]:
+    """Names of the variables ``func`` (and the functions it wraps) capture from enclosing
+    functions: they count as implicit arguments, which ``skip_kwargs`` may name."""
+    return tuple(name for layer in _layers(func)
+                 for name in getattr(getattr(layer, "__code__", None), "co_freevars", ()))
+
+
+def closure_key(func: Callable, skip: Sequence[str] = ()) -> Tuple[Tuple[str, Any], ...]:
     """Key entries for the variables a nested function captures from its enclosing function.
 
     Closures made by one factory (``make(k)`` returning a decorated ``add`` that uses ``k``)
-    share a folder and a name, so what they captured must be part of every call's key. Names
-    start with ``<closure>`` so they can never meet a parameter. A captured value that cannot be
-    keyed is left out with a warning, since closures differing in it would share results.
-    The entries hold the digest of each value as it was at decoration (a captured list the
-    function appends to must not change the key of every later call).
+    share a folder and a name, so what they captured must be part of every call's key, for the
+    function and for every wrapper decorator layer around it. Names start with ``<closure>`` so
+    they can never meet a parameter. A captured value that cannot be keyed is left out with a
+    warning, since closures differing in it would share results; names in ``skip`` (the
+    decorator's ``skip_kwargs``) are left out silently, for values that change every run but
+    not the result (a start time for logging, say). The entries hold the digest of each value
+    as it was at decoration (a captured list the function appends to must not change the key
+    of every later call).
     """
-    func = inspect.unwrap(func)
-    cells = getattr(func, "__closure__", None) or ()
-    names = getattr(getattr(func, "__code__", None), "co_freevars", ())
+    layers = _layers(func)
     entries = []
-    for name, cell in zip(names, cells):
-        try:
-            value = cell.cell_contents
-        except ValueError:  # not assigned yet: the function itself, for recursion
-            continue
-        if value is func or getattr(value, "__wrapped__", None) is func:
-            continue
-        try:
-            snapshot = value_digest(value)
-        except (UnkeyableValue, RecursionError) as err:
-            warnings.warn(
-                f"persistf on {func.__qualname__}: the captured variable {name!r} cannot be part "
-                f"of the cache key ({err}); closures that differ only in it will share cached "
-                "results. Pass it as an argument instead.", PersistWarning,
-                stacklevel=_caller_stacklevel())
-            continue
-        entries.append((f"<closure>{name}", snapshot))
+    for depth, layer in enumerate(layers):
+        cells = getattr(layer, "__closure__", None) or ()
+        names = getattr(getattr(layer, "__code__", None), "co_freevars", ())
+        for name, cell in zip(names, cells):
+            if name in skip:
+                continue
+            try:
+                value = cell.cell_contents
+            except ValueError:  # not assigned yet: the function itself, for recursion
+                continue
+            if any(value is other or getattr(value, "__wrapped__", None) is other
+                   for other in layers):
+                continue  # the next layer of the chain, or a reference back to it
+            try:
+                snapshot = value_digest(value)
+            except (UnkeyableValue, RecursionError) as err:
+                warnings.warn(
+                    f"persistf on {func.__qualname__}: the captured variable {name!r} cannot be "
+                    f"part of the cache key ({err}); closures that differ only in it will share "
+                    "cached results. Pass it as an argument instead, or list it in skip_kwargs "
+                    "if it does not change the result.", PersistWarning,
+                    stacklevel=_caller_stacklevel())
+                continue
+            label = f"<closure>{name}" if depth == 0 else f"<closure{depth}>{name}"
+            entries.append((label, snapshot))
     return tuple(entries)
 
 

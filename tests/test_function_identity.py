@@ -120,3 +120,48 @@ def test_coroutine_and_generator_functions_are_refused_at_decoration():
     for func in (fetch, numbers):
         with pytest.raises(TypeError, match="coroutine or a generator"):
             ptd.persistf()(func)
+
+
+def test_what_a_wrapper_decorator_captured_is_part_of_the_key_too():
+    def scaled(k):
+        def decorator(func):
+            @functools.wraps(func)
+            def inner(x):
+                return k * func(x)
+            return inner
+        return decorator
+
+    def make(k):
+        @ptd.persistf()
+        @scaled(k)
+        def g(x):
+            return x
+        return g
+
+    assert (make(2)(5), make(3)(5), make(2)(5)) == (10, 15, 10)
+
+
+_step_calls = []  # module level: a captured list would itself be part of the key
+
+
+def test_a_captured_value_named_in_skip_kwargs_does_not_change_the_key():
+    """A start time captured for logging would otherwise make every run a miss."""
+    def run(started, skip):
+        @ptd.persistf(skip_kwargs=skip)
+        def step(x):
+            _step_calls.append((x, started))
+            return x * 2
+        return step(4)
+
+    _step_calls.clear()
+    assert run(1.0, ["started"]) == 8 and run(2.0, ["started"]) == 8
+    assert _step_calls == [(4, 1.0)]
+    assert run(3.0, []) == 8  # not skipped: another start time is another key
+    assert _step_calls == [(4, 1.0), (4, 3.0)]
+
+
+def test_skip_kwargs_still_refuses_names_that_are_neither_parameters_nor_captured():
+    with pytest.raises(ptd.ConfigError, match="typo"):
+        @ptd.persistf(skip_kwargs=["typo"])
+        def step(x):
+            return x

@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import datetime
 import enum
+import functools
 import json
 import math
 import os
@@ -743,3 +744,18 @@ def test_spawn_workers_key_classes_of_the_main_script_like_the_parent(ptd_env):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithDerived:
+    n: int
+
+    @functools.cached_property
+    def double(self):
+        return 2 * self.n
+
+
+def test_a_dataclass_keys_the_same_whether_or_not_a_cached_property_was_read():
+    read = _WithDerived(3)
+    assert read.double == 6
+    assert encode_value(read) == encode_value(_WithDerived(3))
