@@ -108,8 +108,10 @@ def make_options(func: Callable, binder: CallBinder, *, groupby=None, expand_dic
             allowed = binder.names | captured if option == "skip_kwargs" else binder.names
             unknown = [n for n in names if n not in allowed]
             if unknown:
+                what = ("a parameter or captured variable" if option == "skip_kwargs"
+                        else "a parameter")
                 raise ConfigError(f"{where}: {option} names {unknown}, which "
-                                  f"{'is' if len(unknown) == 1 else 'are'} not a parameter of "
+                                  f"{'is' if len(unknown) == 1 else 'are'} not {what} of "
                                   f"{func.__qualname__}{binder.signature}")
         everything.extend(names)
     repeated = sorted({n for n in everything if everything.count(n) > 1})
