@@ -11,32 +11,47 @@ Facts this module is built around (see DESIGN.md):
   inherited, then reopens lazily. Transactions are never kept open between calls.
 * ``map_size`` is address space, not disk. A full map is grown and the transaction retried;
   a map grown by another process is adopted with ``set_mapsize(0)``.
+* A store may be rebuilt by compaction into a new generation (see ``generations.py``). Handles
+  are registered by leaf folder and follow the switch: a write that finds the seal in its own
+  transaction, and a read that finds nothing where a seal is, reopen the store at the
+  generation in use and run again.
 """
 
+import contextlib
+import errno
 import glob
 import itertools
 import os
 import threading
 import time
-from typing import Callable, Dict, Optional, TypeVar
+from typing import Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
 import lmdb
 
 from .durability import Durability
 from .errors import CorruptStoreError, ForeignFolderError
-from .filesystem import ensure_local_filesystem, make_private_dirs
+from . import trust
+from .filesystem import ensure_local_filesystem, make_dirs
+from .generations import (DATA_FILE, LOCK_FILE, SEAL_KEY, generation_folder, parse_seal,
+                          read_current, store_exists)
 
 T = TypeVar("T")
 
 INITIAL_MAP_SIZE = 1 << 30  # 1 GiB of address space; grows by doubling when full
 DEFAULT_MAX_OPEN = 64
 MAX_READERS = 1024  # concurrent read transactions across all processes of one store
-DATA_FILE = "data.mdb"
 RECHECK_SECONDS = 1.0  # how often a reader checks that its store was not deleted or replaced
 
 
 class StoreMissing(Exception):
     """Internal: the store was deleted (e.g. its folder removed) while this process had it open."""
+
+
+class _Superseded(Exception):
+    """Internal: the open generation was sealed by a compaction; reopen and run again."""
+
+
+MAX_GENERATION_HOPS = 64  # following CURRENT and seals; more means something rewrites them
 
 
 class _Handle:
@@ -47,33 +62,49 @@ class _Handle:
     under an open environment would otherwise swallow every later write into an unlinked file.
     """
 
-    __slots__ = ("path", "env", "lock", "last_used", "durability", "identity", "checked_at")
+    __slots__ = ("path", "folder", "generation", "env", "lock", "last_used", "durability",
+                 "identity", "checked_at")
 
-    def __init__(self, path: str, env: "lmdb.Environment", durability: Durability) -> None:
-        self.path = path
+    def __init__(self, path: str, generation: int, env: "lmdb.Environment",
+                 durability: Durability) -> None:
+        self.path = path  # the leaf folder: what callers name
+        self.generation = generation
+        self.folder = generation_folder(path, generation)  # where the LMDB files are
         self.env: Optional[lmdb.Environment] = env
         self.lock = threading.Lock()
         self.last_used = 0
         self.durability = durability
-        self.identity = _file_identity(path)
+        self.identity = _file_identity(self.folder)
         self.checked_at = time.monotonic()
 
-    def is_current(self) -> bool:
-        """Whether the data file on disk is still the one this environment has open."""
+    def is_current(self, generation_too: bool = True) -> bool:
+        """Whether the data file on disk is still the one this environment has open, and (with
+        ``generation_too``) no compaction has named a newer generation since. Writes skip the
+        latter: they find a compaction's seal inside their own transaction."""
         self.checked_at = time.monotonic()
-        return _file_identity(self.path) == self.identity
+        if _file_identity(self.folder) != self.identity:
+            return False
+        if not generation_too:
+            return True
+        try:
+            return read_current(self.path) <= self.generation
+        except CorruptStoreError:
+            return True  # reported when the store is next opened; this handle still works
 
 
 def _file_identity(path: str):
-    try:
-        info = os.stat(os.path.join(path, DATA_FILE))
-    except FileNotFoundError:
-        return None
-    return info.st_dev, info.st_ino
-
-
-def store_exists(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, DATA_FILE))
+    """(device, inode) of the data file and of the lock file. A lock file deleted under an
+    open store would let the next process make a new one and write beside us unserialised,
+    so a changed lock file makes the handle stale like a changed data file."""
+    identity = []
+    for name in (DATA_FILE, LOCK_FILE):
+        try:
+            info = os.stat(os.path.join(path, name))
+        except FileNotFoundError:
+            identity.append(None)
+        else:
+            identity.append((info.st_dev, info.st_ino))
+    return tuple(identity)
 
 
 def check_folder(path: str) -> None:
@@ -98,17 +129,74 @@ def _read_only_filesystem(path: str) -> bool:
         return False
 
 
-def _open_environment(path: str, durability: Durability) -> "lmdb.Environment":
-    check_folder(path)
-    ensure_local_filesystem(path)
+def open_generation(leaf: str, durability: Durability
+                    ) -> Tuple["lmdb.Environment", int]:
+    """Open the generation of ``leaf`` in use: ``(environment, generation)``.
+
+    ``CURRENT`` names a generation; its environment is opened, then ``CURRENT`` is read again
+    (a compaction may have switched and deleted the files meanwhile: generation numbers are
+    never reused, so still being named means the real files were opened), and the environment
+    is checked for a seal (a compactor that died before writing ``CURRENT``).
+    """
+    check_folder(leaf)
+    ensure_local_filesystem(leaf)
+    generation = read_current(leaf)
+    for _ in range(MAX_GENERATION_HOPS):
+        folder = generation_folder(leaf, generation)
+        if generation and not os.path.isfile(os.path.join(folder, DATA_FILE)):
+            newer = read_current(leaf)
+            if newer > generation:
+                generation = newer
+                continue
+            raise CorruptStoreError(
+                f"The cache store in {leaf} names generation {generation}, but {folder} has no "
+                f"{DATA_FILE}. Nothing was deleted: run `ptd verify {leaf}`, or move the folder "
+                "aside to start that cache afresh.")
+        try:
+            env = _open_environment(folder, durability, create=not generation)
+        except (lmdb.Error, OSError, CorruptStoreError):
+            if generation and read_current(leaf) > generation:
+                continue  # deleted by a compaction between our look and the open: move on
+            raise
+        newer = read_current(leaf)
+        if newer > generation:
+            env.close()
+            generation = newer
+            continue
+        with env.begin() as txn:
+            sealed = parse_seal(txn.get(SEAL_KEY))
+        if sealed is not None:
+            env.close()
+            generation = sealed
+            continue
+        return env, generation
+    raise CorruptStoreError(
+        f"The cache store in {leaf} keeps changing generation ({generation} after "
+        f"{MAX_GENERATION_HOPS} switches). Is a compaction looping? Stop it and run "
+        f"`ptd verify {leaf}`.")
+
+
+def _open_environment(path: str, durability: Durability, create: bool = True
+                      ) -> "lmdb.Environment":
+    """Open the LMDB environment in the folder ``path`` (one generation of a store).
+
+    ``create=False`` for generations made by compaction: only the compactor creates those,
+    and a folder it has deleted must not be brought back empty.
+    """
+    policy = trust.current_policy()
+    trust.check_trusted(path, policy)  # a cache is code: refuse folders others can write
     if os.path.isdir(path) and _read_only_filesystem(path):
         # LMDB's lock file cannot be written here, so read without it, as LMDB itself does on a
         # read-only filesystem (MDB_ROFS); every write fails and is reported. Safe as long as no
         # process writes the same store through another, writable mount at the same time.
         options = {"readonly": True, "lock": False}
     else:
-        make_private_dirs(path)
-        options = {"readonly": False, "lock": True, "create": True, "mode": 0o600,
+        if create:
+            make_dirs(path, policy.sharing.folder_mode)
+        if os.path.isdir(path):
+            reserve_lock_file(path)
+        options = {"readonly": False, "lock": True, "create": create,
+                   "mode": policy.sharing.file_mode,
                    **durability.lmdb_flags}
     try:
         env = lmdb.open(
@@ -137,8 +225,45 @@ def _open_environment(path: str, durability: Durability) -> "lmdb.Environment":
         raise
     if not options["readonly"]:
         env.reader_check()  # free read slots left behind by killed processes
+        trust.share_store_files(path, policy)  # group modes despite the umask (shared mode)
     _check_length(path, env)
     return env
+
+
+# LMDB's lock file: a header and 64 bytes per reader slot, rounded up to whole pages.
+LOCK_FILE_BYTES = ((MAX_READERS * 64 + 4096) + 4095) // 4096 * 4096
+
+
+def reserve_lock_file(path: str) -> None:
+    """Give ``lock.mdb`` real disk blocks before LMDB maps it.
+
+    LMDB makes the lock file with ``ftruncate`` (a sparse file) and writes it through a memory
+    map; on a full disk, the first write to a page with no block behind it kills the process
+    with SIGBUS instead of raising. Allocating the blocks first turns that into an ``OSError``
+    (ENOSPC), which the caller reports. ``posix_fallocate`` never changes bytes already
+    written, so it is safe on a lock file another process is using.
+    """
+    lock_file = os.path.join(path, LOCK_FILE)
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"No space left on the disk of {path} to create the "
+                          "cache store's lock file; free some space") from err
+        return  # read-only, permissions: LMDB reports it with its own message
+    try:
+        if os.fstat(fd).st_size >= LOCK_FILE_BYTES:
+            return
+        try:
+            os.posix_fallocate(fd, 0, LOCK_FILE_BYTES)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, f"No space left on the disk of {path} for the "
+                              "cache store's lock file; free some space") from err
+            # EOPNOTSUPP and the like: no preallocation on this filesystem; LMDB goes on as
+            # it always does.
+    finally:
+        os.close(fd)
 
 
 def _check_length(path: str, env: "lmdb.Environment") -> None:
@@ -168,37 +293,104 @@ class EnvironmentPool:
     def read(self, path: str, durability: Durability,
              action: Callable[["lmdb.Transaction"], T]) -> T:
         """Run ``action`` in one short read transaction (no file lock, never blocks writers)."""
-        handle = self._checkout(path, durability, write=False)
-        try:
-            env = handle.env
+        while True:
+            handle = self._checkout(path, durability, write=False)
             try:
-                txn = env.begin(write=False)
-            except lmdb.MapResizedError:
-                env.set_mapsize(0)  # another process grew the map: adopt its size
-                txn = env.begin(write=False)
-            try:
-                return action(txn)
+                env = handle.env
+                try:
+                    txn = env.begin(write=False)
+                except lmdb.MapResizedError:
+                    env.set_mapsize(0)  # another process grew the map: adopt its size
+                    txn = env.begin(write=False)
+                try:
+                    result = action(txn)
+                    # Found nothing: make sure it is because there is nothing, not because a
+                    # compaction moved the store on (a hit in a sealed generation is still
+                    # right; the periodic recheck moves this process over within a second).
+                    if result is None and txn.get(SEAL_KEY) is not None:
+                        raise _Superseded
+                    return result
+                finally:
+                    txn.abort()
+            except _Superseded:
+                self._retire(handle)
             finally:
-                txn.abort()
-        finally:
-            handle.lock.release()
+                handle.lock.release()
+
+    def newest(self, path: str, durability: Durability, prefix: bytes, after: bytes):
+        """``(key, value)`` of the last key starting with ``prefix`` (``after`` sorts after all
+        of them), or None: the hit path's one lookup, without a callback."""
+        while True:
+            handle = self._handles.get(path)
+            if handle is not None and handle.durability is durability:
+                handle.lock.acquire()  # the common case of _checkout, inline
+                handle.last_used = next(self._clock)
+                if handle.env is None or time.monotonic() - handle.checked_at > RECHECK_SECONDS:
+                    handle.lock.release()
+                    handle = self._checkout(path, durability, write=False)
+            else:
+                handle = self._checkout(path, durability, write=False)
+            try:
+                env = handle.env
+                try:
+                    txn = env.begin()
+                except lmdb.MapResizedError:
+                    env.set_mapsize(0)
+                    txn = env.begin()
+                try:
+                    cursor = txn.cursor()
+                    if (cursor.set_range(after) and cursor.prev()) or cursor.last():
+                        key, value = cursor.item()
+                        if key[:len(prefix)] == prefix:
+                            return key, value
+                    if txn.get(SEAL_KEY) is None:
+                        return None
+                finally:
+                    txn.abort()
+                self._retire(handle)
+            finally:
+                handle.lock.release()
 
     def write(self, path: str, durability: Durability,
               action: Callable[["lmdb.Transaction"], T]) -> T:
         """Run ``action`` in one write transaction, growing the map and retrying when full."""
+        while True:
+            handle = self._checkout(path, durability, write=True)
+            try:
+                env = handle.env
+                while True:
+                    try:
+                        with env.begin(write=True) as txn:
+                            if txn.get(SEAL_KEY) is not None:
+                                raise _Superseded  # compacted: write to the new generation
+                            return action(txn)
+                    except lmdb.MapResizedError:
+                        env.set_mapsize(0)
+                    except lmdb.MapFullError:
+                        env.set_mapsize(env.info()["map_size"] * 2)
+            except _Superseded:
+                self._retire(handle)
+            finally:
+                handle.lock.release()
+
+    @contextlib.contextmanager
+    def exclusive(self, path: str, durability: Durability) -> Iterator[_Handle]:
+        """Hold the open handle of ``path`` for a long operation (compaction).
+
+        No other thread of this process runs a transaction on the store meanwhile; other
+        processes are not affected. The handle's ``env`` and ``generation`` may be used freely
+        inside; ``retire`` it when the generation it has open has been superseded.
+        """
         handle = self._checkout(path, durability, write=True)
         try:
-            env = handle.env
-            while True:
-                try:
-                    with env.begin(write=True) as txn:
-                        return action(txn)
-                except lmdb.MapResizedError:
-                    env.set_mapsize(0)
-                except lmdb.MapFullError:
-                    env.set_mapsize(env.info()["map_size"] * 2)
+            yield handle
         finally:
             handle.lock.release()
+
+    def retire(self, handle: _Handle) -> None:
+        """Close a handle held through :meth:`exclusive` (its generation was superseded)."""
+        if handle.env is not None:
+            self._retire(handle)
 
     def _checkout(self, path: str, durability: Durability, write: bool) -> _Handle:
         """Return the open handle of ``path`` with its lock held.
@@ -216,9 +408,13 @@ class EnvironmentPool:
                 handle = self._open(path, durability)
             handle.lock.acquire()
             if handle.env is not None:
-                stale = handle.durability is not durability or (
-                    (write or time.monotonic() - handle.checked_at > RECHECK_SECONDS)
-                    and not handle.is_current())
+                if handle.durability is not durability:
+                    stale = True
+                elif write:
+                    stale = not handle.is_current(generation_too=False)
+                else:
+                    stale = (time.monotonic() - handle.checked_at > RECHECK_SECONDS
+                             and not handle.is_current())
                 if not stale:
                     handle.last_used = next(self._clock)
                     return handle
@@ -244,7 +440,8 @@ class EnvironmentPool:
                 return handle
             if len(self._handles) >= self.max_open:
                 self._evict_idle()
-            handle = _Handle(path, _open_environment(path, durability), durability)
+            env, generation = open_generation(path, durability)
+            handle = _Handle(path, generation, env, durability)
             self._handles[path] = handle
             return handle
 

@@ -23,3 +23,11 @@ class ForeignFolderError(EngineError):
 
 class StoreFormatError(EngineError):
     """A store or record was written by a newer format version than this engine understands."""
+
+
+class UntrustedFolderError(EngineError, OSError):
+    """A cache folder or file that other users can write (or that another user owns) was not
+    loaded: unpickling a cached result runs code, so whoever can write a cache can run code in
+    the processes that read it. Not a ``PermissionError``: the API layer turns those into a
+    warning and a recomputation without the cache, while a folder that may hold planted
+    pickles must be reported and fixed, not silently worked around."""

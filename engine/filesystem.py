@@ -106,6 +106,16 @@ def make_private_dirs(path: str) -> None:
     other users must not be able to plant files in it (nor list groupby values). Each level is
     made here because ``os.makedirs`` applies its mode to the last folder only.
     """
+    make_dirs(path, stat.S_IRWXU)
+
+
+def make_dirs(path: str, mode: int) -> None:
+    """Create ``path`` and each of its missing parents with exactly ``mode``.
+
+    ``mkdir`` applies the umask (022 usually) and ignores the setgid bit, so a mode that grants
+    the group anything (the shared mode's 02770) is set again with ``chmod`` on each folder
+    made here; folders that already existed are left as they are.
+    """
     path = os.path.abspath(path)
     missing = []
     while not os.path.isdir(path):
@@ -116,7 +126,10 @@ def make_private_dirs(path: str) -> None:
         path = parent
     for folder in reversed(missing):
         try:
-            os.mkdir(folder, stat.S_IRWXU)
+            os.mkdir(folder, mode & 0o777)
         except FileExistsError:
             if not os.path.isdir(folder):
                 raise
+            continue
+        if mode & ~stat.S_IRWXU:
+            os.chmod(folder, mode)

@@ -15,11 +15,14 @@ import lmdb
 
 from . import keys
 from .durability import Durability
-from .environments import DATA_FILE, POOL, EnvironmentPool, StoreMissing, store_exists
+from .environments import POOL, EnvironmentPool, StoreMissing
 from .errors import StoreFormatError
+from .generations import store_exists, store_file_bytes
 from .records import Record, RecordKind, decode_record, encode_record
 
 STORE_FORMAT = 1
+_TOMBSTONE = RecordKind.TOMBSTONE
+_LAST = b'\xff' * keys.SEQUENCE_SIZE
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class StoreStats:
     versions: int         # every record, superseded ones and tombstones included
     tombstones: int       # calls whose newest record is a deletion
     live_bytes: int       # bytes of the newest value records
-    file_bytes: int       # size of data.mdb on disk
+    file_bytes: int       # size of the data files on disk (every generation present)
     unreadable: int = 0   # calls whose newest record has a newer format than this version reads
 
 
@@ -67,12 +70,16 @@ class Store:
         if not self.exists():
             return None
         prefix = keys.record_prefix(bucket, digest)
-        found = self._read(lambda txn: _newest(txn, prefix), None)
+        try:
+            found = self._pool.newest(self.path, self.durability, prefix, prefix + _LAST)
+        except StoreMissing:
+            self._created = False
+            return None
         if found is None:
             return None
         key, data = found
         record = decode_record(data, keys.sequence_of(key))
-        return None if record.kind is RecordKind.TOMBSTONE else record
+        return None if record.kind is _TOMBSTONE else record
 
     def scan(self, bucket: Optional[int] = None, with_values: bool = True
              ) -> Iterator[Tuple[int, bytes, Record]]:
@@ -93,9 +100,12 @@ class Store:
                 return
 
     def stats(self) -> StoreStats:
-        tally = {"entries": 0, "versions": 0, "tombstones": 0, "live_bytes": 0, "unreadable": 0}
+        tally = {}
         if self.exists():
             def count(txn):
+                # Restart the tally: a read that returns None runs again in the new generation
+                # when a compaction has sealed this one.
+                tally.update(entries=0, versions=0, tombstones=0, live_bytes=0, unreadable=0)
                 cursor = txn.cursor()
                 previous_prefix, previous = None, None
                 for key, value in cursor.iternext(keys=True, values=True):
@@ -109,10 +119,10 @@ class Store:
                 if previous is not None:
                     _tally(previous, tally)
             self._read(count, None)
-        data_file = os.path.join(self.path, DATA_FILE)
-        file_bytes = os.path.getsize(data_file) if os.path.exists(data_file) else 0
+        if not tally:
+            tally.update(entries=0, versions=0, tombstones=0, live_bytes=0, unreadable=0)
         return StoreStats(self.path, tally["entries"], tally["versions"], tally["tombstones"],
-                          tally["live_bytes"], file_bytes, tally["unreadable"])
+                          tally["live_bytes"], store_file_bytes(self.path), tally["unreadable"])
 
     def read_meta(self) -> dict:
         if not self.exists():
@@ -163,30 +173,45 @@ class Store:
         """Remove every record in one transaction; return how many calls were live.
 
         Safe while other processes use the store (it is an ordinary write transaction). The
-        file keeps its size; the freed pages are reused, and compaction gives space back.
+        file keeps its size; the freed pages are reused, and :meth:`compact` gives space back.
         """
         if not self.exists():
             return 0
-        live = self.stats().entries
-        self._pool.write(self.path, self.durability, _drop_all)
-        return live
+        return self._pool.write(self.path, self.durability, _drop_all)
+
+    def compact(self, policy=None, *, dry_run: bool = False, progress=None):
+        """Rebuild the store without superseded versions, tombstones and what ``policy``
+        expires; see :func:`compaction.compact`."""
+        from .compaction import compact
+        return compact(self.path, policy, dry_run=dry_run, progress=progress,
+                       durability=self.durability, pool=self._pool)
 
     def close(self) -> None:
         self._pool.close(self.path)
 
 
-def _drop_all(txn: "lmdb.Transaction") -> None:
-    """Delete every record key, keeping the metadata document."""
+def _drop_all(txn: "lmdb.Transaction") -> int:
+    """Delete every record key, keeping the metadata document; return the live calls dropped
+    (counted in the same transaction, so the count is exact under concurrent writers)."""
+    tally = {"entries": 0, "versions": 0, "tombstones": 0, "live_bytes": 0, "unreadable": 0}
     cursor = txn.cursor()
     if not cursor.first():
-        return
+        return 0
+    previous_prefix, previous = None, None
     while True:
         key = cursor.key()
         if keys.is_record_key(key):
+            prefix = key[:keys.PREFIX_SIZE]
+            if prefix != previous_prefix and previous is not None:
+                _tally(previous, tally)
+            previous_prefix, previous = prefix, cursor.value()
             if not cursor.delete():  # delete moves to the next item; False at the end
-                return
+                break
         elif not cursor.next():
-            return
+            break
+    if previous is not None:
+        _tally(previous, tally)
+    return tally["entries"]
 
 
 def _tally(newest: bytes, tally: dict) -> None:

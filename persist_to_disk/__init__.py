@@ -16,7 +16,7 @@ from . import settings as _settings
 from .engine import Durability, LockScope
 from .errors import (CacheMissError, ConfigError, CorruptStoreError, ForeignFolderError,
                      PersistError, PersistWarning, StoreFormatError, UnkeyableArgumentError,
-                     UnpicklableResultError, UnsafeFilesystemError)
+                     UnpicklableResultError, UnsafeFilesystemError, UntrustedFolderError)
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE
 from .persisted import decorate
 
@@ -79,5 +79,5 @@ __all__ = [
     "CACHE", "CHECKONLY", "NOCACHE", "READONLY", "RECACHE", "CacheMissError", "ConfigError",
     "CorruptStoreError", "Durability", "ForeignFolderError", "LockScope", "PersistError",
     "PersistWarning", "StoreFormatError", "UnkeyableArgumentError", "UnpicklableResultError",
-    "UnsafeFilesystemError", "config", "persistf",
+    "UnsafeFilesystemError", "UntrustedFolderError", "config", "persistf",
 ]

@@ -10,6 +10,7 @@ from .engine.errors import (  # noqa: F401  (re-exported)
     ForeignFolderError,
     StoreFormatError,
     UnsafeFilesystemError,
+    UntrustedFolderError,
 )
 
 

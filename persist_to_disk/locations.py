@@ -70,7 +70,11 @@ def check_folder_name(name: str, argument: str) -> str:
         problem = "is empty, '.' or '..'"
     elif "/" in name or "\0" in name or (os.altsep and os.altsep in name):
         problem = "contains '/' or a NUL character"
-    elif len(name.encode("utf-8", "surrogatepass")) > MAX_FOLDER_NAME_BYTES:
+    elif any("\ud800" <= c <= "\udfff" for c in name):
+        # os.mkdir accepts some (surrogateescape) but LMDB encodes paths strictly: the folder
+        # would be made, the result computed, and then the store could not be opened.
+        problem = "contains a lone surrogate character (not text a file name can hold)"
+    elif len(name.encode("utf-8")) > MAX_FOLDER_NAME_BYTES:
         problem = f"is longer than {MAX_FOLDER_NAME_BYTES} bytes"
     if problem:
         raise ConfigError(

@@ -13,6 +13,7 @@
 
 import functools
 import inspect
+import math
 import os
 import sys
 import threading
@@ -26,10 +27,11 @@ import lmdb
 from .binding import CallBinder
 from .settings import Config, parse_hashsize
 from .engine import (Durability, EngineError, LockScope, Record, RecordKind, Store,
-                     StoreFormatError, Timeout, check_folder, ensure_local_filesystem, lock_path, scope_lock,
-                     store_exists)
+                     StoreFormatError, Timeout, check_folder, check_trusted,
+                     ensure_local_filesystem, lock_path, scope_lock, store_exists)
 from .errors import CacheMissError, ConfigError, PersistWarning
-from .keying import UnkeyableValue, bucket_of, call_digest, value_digest
+from .keying import (CallKeyer, UnkeyableValue, _module_name, bucket_of, call_digest,
+                     value_digest)
 from .locations import function_folder_name, leaf_folder, module_parts
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE, parse_mode
 from .normalization import GroupSpec, Normalizer, group_folder_names
@@ -57,14 +59,19 @@ class PersistOptions:
 
 
 def _names(value, option: str) -> Tuple[str, ...]:
+    """Argument names given as one string or an iterable of strings (ValueError otherwise)."""
     if value is None:
         return ()
     if isinstance(value, str):
         return (value,)
-    names = tuple(value)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise ValueError(f"{option} must be an argument name or a list of them; "
+                         f"got {value!r}") from None
     for name in names:
         if not isinstance(name, str):
-            raise ConfigError(f"{option} must list argument names (strings); got {name!r}")
+            raise ValueError(f"{option} must list argument names (strings); got {name!r}")
     return names
 
 
@@ -74,14 +81,34 @@ def _groups(value) -> Tuple[GroupSpec, ...]:
     if isinstance(value, str):
         return (value,)
     groups = []
-    for spec in value:
+    for spec in _iterable(value, "groupby"):
         if isinstance(spec, (tuple, list)):
-            groups.append(_names(spec, "a groupby tuple"))
+            names = _names(spec, "a groupby tuple")
+            if not names:
+                raise ValueError("groupby has an empty tuple (), which names no argument "
+                                 "and would make an empty folder name")
+            groups.append(names)
         elif isinstance(spec, str):
             groups.append(spec)
         else:
-            raise ConfigError(f"groupby must list argument names or tuples of them; got {spec!r}")
+            raise ValueError(f"groupby must list argument names or tuples of them; "
+                             f"got {spec!r}")
     return tuple(groups)
+
+
+def _iterable(value, option: str):
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(f"{option} must be an argument name or a list of them; "
+                         f"got {value!r}") from None
+
+
+def _flag(value, option: str) -> bool:
+    """A real boolean: ``local="no"`` would otherwise mean True."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{option} must be True or False; got {value!r}")
 
 
 def make_options(func: Callable, binder: CallBinder, *, groupby=None, expand_dict_kwargs=None,
@@ -94,10 +121,14 @@ def make_options(func: Callable, binder: CallBinder, *, groupby=None, expand_dic
         raise ConfigError(f"{where}: hashsize={hashsize} and hash_size={hash_size} disagree; "
                           "pass only one")
     size = hashsize if hashsize is not None else hash_size
-    groups = _groups(groupby)
-    expand = "all" if expand_dict_kwargs == "all" else _names(expand_dict_kwargs,
-                                                               "expand_dict_kwargs")
-    skip = _names(skip_kwargs, "skip_kwargs")
+    try:
+        groups = _groups(groupby)
+        expand = "all" if expand_dict_kwargs == "all" else _names(expand_dict_kwargs,
+                                                                   "expand_dict_kwargs")
+        skip = _names(skip_kwargs, "skip_kwargs")
+        local = _flag(local, "local")
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
     group_names = [n for spec in groups for n in (spec if isinstance(spec, tuple) else (spec,))]
     listed = {"groupby": group_names, "skip_kwargs": list(skip),
               "expand_dict_kwargs": [] if expand == "all" else list(expand)}
@@ -127,7 +158,8 @@ def make_options(func: Callable, binder: CallBinder, *, groupby=None, expand_dic
     if hash_method not in HASH_METHODS:
         raise ConfigError(f"{where}: hash_method must be 'pickle' or 'json'; got {hash_method!r}")
     if lock_timeout is not None and (not isinstance(lock_timeout, (int, float))
-                                     or lock_timeout < 0):
+                                     or isinstance(lock_timeout, bool)
+                                     or not 0 <= lock_timeout < math.inf):
         raise ConfigError(f"{where}: lock_timeout must be None (wait) or seconds >= 0; "
                           f"got {lock_timeout!r}")
     try:
@@ -141,7 +173,7 @@ def make_options(func: Callable, binder: CallBinder, *, groupby=None, expand_dic
             switch_kwarg=switch_kwarg,
             cache=parse_mode(cache, "cache") if cache is not None else None,
             hash_method=hash_method,
-            local=bool(local),
+            local=local,
             durability=Durability.parse(durability) if durability is not None else None,
             lock_timeout=lock_timeout,
         )
@@ -158,7 +190,8 @@ class PersistedFunction:
         self.config = config
         self.binder = binder
         self.options = options
-        self.name = f"{getattr(func, '__module__', None) or '__main__'}.{func.__qualname__}"
+        module = _module_name(getattr(func, "__module__", None) or "__main__")
+        self.name = f"{module}.{func.__qualname__}"  # `python -m pkg.mod` names pkg.mod
         self.normalizer = Normalizer(options.skip_kwargs, options.expand_dict_kwargs,
                                      options.groupby)
         self.group_names = tuple("$$".join(spec) if isinstance(spec, tuple) else spec
@@ -167,6 +200,7 @@ class PersistedFunction:
         self._resolve_lock = threading.Lock()
         self._version = None
         self._leaves: Dict[Tuple[str, ...], Store] = {}
+        self._metas: Dict[str, dict] = {}
         self._warned: set = set()
         self.folder = ""
         self.project_root = ""
@@ -185,11 +219,13 @@ class PersistedFunction:
             self.folder = os.path.join(
                 root, *module_parts(self.func, config.get_project_path()),
                 function_folder_name(self.func))
+            check_trusted(self.folder)  # before computing, not after: a planted cache is code
             self.project_root = root
             self.hashsize = options.hashsize or config.get_hashsize()
             self.scope = options.lock_granularity or config.get_lock_granularity()
             self.durability = options.durability or config.get_durability()
             self._leaves = {}
+            self._metas = {}
             self._version = version
 
     def store_for(self, group_values: Tuple[Any, ...]) -> Store:
@@ -206,6 +242,14 @@ class PersistedFunction:
         return store
 
     def _meta(self, store: Store) -> dict:
+        """The store's description (written with its first record); built once per store,
+        since ``relpath`` alone costs several µs on every miss."""
+        meta = self._metas.get(store.path)
+        if meta is None:
+            meta = self._metas[store.path] = self._describe(store)
+        return meta
+
+    def _describe(self, store: Store) -> dict:
         return {"function": self.name, "hashsize": self.hashsize,
                 "hash_method": self.options.hash_method,
                 "groupby": [list(s) if isinstance(s, tuple) else s for s in self.options.groupby],
@@ -222,7 +266,29 @@ class PersistedFunction:
         return store, bucket_of(digest, self.hashsize), digest, key
 
     def __call__(self, args: tuple, kwargs: dict) -> Any:
-        switch = self.options.switch_kwarg
+        options = self.options
+        if options.cache is None and not (kwargs and options.switch_kwarg in kwargs):
+            # The hot path (CACHE mode): the call's shape is bound once and later calls of that
+            # shape go straight to the digest (keying.CallKeyer); the general path below is
+            # taken for what it does not plan (groupby, expand_dict_kwargs, *args, errors).
+            try:
+                keyer = self._keyer
+            except AttributeError:
+                keyer = self._keyer = CallKeyer(
+                    self.binder.bind, options.skip_kwargs, self.closure_key,
+                    plannable=not (options.groupby or options.expand_dict_kwargs))
+            digest = keyer.digest(args, kwargs)
+            if digest is not None:
+                store = self._leaves.get(()) if self._version == self.config.version else None
+                if store is None:
+                    store = self.store_for(())
+                bucket = int.from_bytes(digest[:8], "big") % self.hashsize  # keying.bucket_of
+                found, value = self._load(store, bucket, digest)
+                if found:
+                    return value
+                return self._compute(store, bucket, digest, keyer.key(args, kwargs), args,
+                                     kwargs, CACHE)
+        switch = options.switch_kwarg
         mode = CACHE
         if switch in kwargs:
             mode = parse_mode(kwargs.pop(switch), switch)
@@ -284,7 +350,7 @@ class PersistedFunction:
                             f"{self.name} without it.")
         try:
             if mode != RECACHE:
-                found, value = self._load(store, bucket, digest)
+                found, value = self._load_or_imported(store, bucket, digest, key)
                 if found:
                     return value
             started = time.perf_counter()
@@ -295,6 +361,26 @@ class PersistedFunction:
         finally:
             if locked:
                 lock.release()
+
+    def _load_or_imported(self, store: Store, bucket: int, digest: bytes, key: tuple
+                          ) -> Tuple[bool, Any]:
+        """:meth:`_load`, then a result imported from persist-to-disk 0.0.7 (``ptd import-pkl``)
+        under 0.0.7's spelling of this call (groupby values only as folder names, a Namespace
+        as JSON text); one found there is stored again under this call's own digest, so the next
+        call is a plain hit. Only on the miss path, inside the lock."""
+        found, value = self._load(store, bucket, digest)
+        if found or self.closure_key:  # 0.0.7 did not key captured variables: never guess
+            return found, value
+        from .legacy.lookup import find_imported
+        record = find_imported(store, key, self.hashsize, bool(self.options.groupby))
+        if record is None:
+            return False, None
+        try:
+            value = loads(record.value_blob, record.serializer, record.python_version)
+        except IncompatibleRecord:
+            return False, None
+        self._save(store, bucket, digest, key, value, record.compute_seconds)
+        return True, value
 
     def _save(self, store: Store, bucket: int, digest: bytes, key: tuple, value: Any,
               compute_seconds: float) -> None:

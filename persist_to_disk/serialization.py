@@ -63,7 +63,8 @@ def check_loadable(serializer: str, python_version: str) -> None:
 
 def loads(blob: bytes, serializer: str, python_version: str) -> Any:
     """Load a stored value, or raise :class:`IncompatibleRecord` (to be treated as a miss)."""
-    check_loadable(serializer, python_version)
+    if serializer != PICKLE_TAG:  # what this version writes is always loadable: skip the checks
+        check_loadable(serializer, python_version)
     try:
         return pickle.loads(blob)
     except Exception as err:  # class moved or deleted, module missing, truncated payload

@@ -9,10 +9,13 @@ key) at the first call, never as an import error. Changes made after import (for
 
 Settings come from, lowest first: defaults, ``config.ini``, environment variables
 (``PERSIST_TO_DISK_PERSIST_PATH``, ``..._PERSIST_PATH_LOCAL``, ``..._HASHSIZE``,
-``..._LOCK_GRANULARITY``, ``..._DURABILITY``, ``..._PROJECT_PATH``), calls made in code. A setting
-made in code is also written to its environment variable, so that child processes -- a
-``multiprocessing`` pool started with ``spawn``, which never runs the parent's
+``..._LOCK_GRANULARITY``, ``..._DURABILITY``, ``..._SHARED``, ``..._PROJECT_PATH``), calls made
+in code. A setting made in code is also written to its environment variable, so that child
+processes -- a ``multiprocessing`` pool started with ``spawn``, which never runs the parent's
 ``if __name__ == "__main__"`` block, or a ``subprocess`` -- use the same cache as the parent.
+
+``shared`` also tells the engine which cache folders it may load (``engine/trust.py``): the
+sharing level and the persist paths are handed to it whenever the settings load or change.
 """
 
 import configparser
@@ -22,6 +25,7 @@ import warnings
 from typing import Any, Dict
 
 from .engine import Durability, LockScope, MAX_BUCKET, make_private_dirs
+from .engine import trust
 from .errors import ConfigError, PersistWarning
 from .projects import project_id
 
@@ -30,6 +34,7 @@ SECTION = "global_settings"
 DEFAULT_HASHSIZE = 500
 DEFAULT_LOCK_GRANULARITY = "call"
 DEFAULT_DURABILITY = "standard"
+DEFAULT_SHARED = "no"
 ENV_PREFIX = "PERSIST_TO_DISK_"
 
 
@@ -41,8 +46,10 @@ def settings_folder() -> str:
 def parse_hashsize(value: Any, where: str) -> int:
     try:
         hashsize = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         hashsize = None
+    if hashsize is not None and hashsize != value and not isinstance(value, str):
+        hashsize = None  # 1.5 (or Fraction(3, 2)) is no bucket count, not 1
     if hashsize is None or isinstance(value, bool) or not 1 <= hashsize <= MAX_BUCKET + 1:
         raise ConfigError(f"{where} must be a whole number from 1 to {MAX_BUCKET + 1}; "
                           f"got {value!r}")
@@ -93,7 +100,8 @@ class Config:
         return {"persist_path": cache, "persist_path_local": "",
                 "hashsize": str(DEFAULT_HASHSIZE),
                 "lock_granularity": DEFAULT_LOCK_GRANULARITY,
-                "durability": DEFAULT_DURABILITY}
+                "durability": DEFAULT_DURABILITY,
+                "shared": DEFAULT_SHARED}
 
     def _ensure_loaded(self) -> None:
         if self._loaded:
@@ -119,6 +127,12 @@ class Config:
                                 PersistWarning, stacklevel=3)
                         elif value.strip():
                             values[key] = value.strip()
+                misplaced = [name for name in parser.sections() if name != SECTION]
+                if misplaced:
+                    warnings.warn(
+                        f"{path}: the section(s) {', '.join(f'[{n}]' for n in misplaced)} are "
+                        f"ignored; settings are read from [{SECTION}] only.",
+                        PersistWarning, stacklevel=3)
             source = {key: f"{path}: [{SECTION}] {key}" for key in values}
             for key in values:
                 inherited = os.environ.get(ENV_PREFIX + key.upper(), "").strip()
@@ -126,14 +140,16 @@ class Config:
                     values[key] = inherited
                     source[key] = f"environment variable {ENV_PREFIX}{key.upper()}"
             settings = {
-                "persist_path": self._absolute(values["persist_path"]),
+                "persist_path": self._folder(values["persist_path"], source["persist_path"]),
                 # unset: follows persist_path, wherever that is set (file, environment, code)
-                "persist_path_local": (self._absolute(values["persist_path_local"])
+                "persist_path_local": (self._folder(values["persist_path_local"],
+                                                    source["persist_path_local"])
                                        if values["persist_path_local"] else None),
                 "hashsize": parse_hashsize(values["hashsize"], source["hashsize"]),
             }
             for key, parse in (("lock_granularity", LockScope.parse),
-                               ("durability", Durability.parse)):
+                               ("durability", Durability.parse),
+                               ("shared", trust.Sharing.parse)):
                 try:
                     settings[key] = parse(values[key])
                 except ValueError as err:
@@ -142,10 +158,21 @@ class Config:
             settings.update(self._settings)
             self._settings = settings
             self._loaded = True
+            self._publish_trust_policy()
 
     @staticmethod
     def _absolute(path: str) -> str:
         return os.path.normpath(os.path.abspath(os.path.expanduser(str(path))))
+
+    @classmethod
+    def _folder(cls, path: str, where: str) -> str:
+        """``path`` made absolute; a ConfigError if it names an existing file (every store
+        below it would fail, call after call, with a warning that hides the cause)."""
+        folder = cls._absolute(path)
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ConfigError(f"{where}: {folder} is a file, not a folder; point it at a folder "
+                              "(it is created if missing).")
+        return folder
 
     def reload(self) -> None:
         """Forget settings made in code (and their exported environment variables) and read the
@@ -156,6 +183,7 @@ class Config:
                     del os.environ[name]
             self._exported.clear()
             self._settings, self._loaded = {}, False
+            trust.set_policy(trust.Sharing.NO)  # until the settings load again
             self._project_path = self._initial_project_path()
             self._project_roots.clear()
             self.version += 1
@@ -171,6 +199,7 @@ class Config:
             "hashsize": str(self._settings["hashsize"]),
             "lock_granularity": self._settings["lock_granularity"].value,
             "durability": self._settings["durability"].value,
+            "shared": self._settings["shared"].value,
         }
         make_private_dirs(settings_folder())
         path = self.config_path
@@ -184,15 +213,24 @@ class Config:
             self._settings[key] = value
             self._export(key, str(getattr(value, "value", value)))
             self.version += 1
+            if self._loaded:
+                self._publish_trust_policy()
         return value
+
+    def _publish_trust_policy(self) -> None:
+        """Tell the engine which caches it may load: the sharing level, and the persist paths,
+        where its check of a store's parent folders stops (engine/trust.py)."""
+        settings = self._settings
+        trust.set_policy(settings["shared"],
+                         (settings["persist_path"], settings["persist_path_local"]))
 
     def set_persist_path(self, path: str) -> str:
         """Where caches are stored (applies to every later call)."""
-        return self._set("persist_path", self._absolute(path))
+        return self._set("persist_path", self._folder(path, "set_persist_path"))
 
     def set_persist_path_local(self, path: str) -> str:
         """Where caches of functions decorated with ``local=True`` are stored."""
-        return self._set("persist_path_local", self._absolute(path))
+        return self._set("persist_path_local", self._folder(path, "set_persist_path_local"))
 
     def set_project_path(self, path: str) -> str:
         """The folder whose layout the cache tree mirrors (default: the working directory)."""
@@ -210,6 +248,13 @@ class Config:
 
     def set_durability(self, durability: str) -> str:
         return self._set("durability", Durability.parse(durability)).value
+
+    def set_shared(self, shared="group") -> str:
+        """Share the cache: ``'group'`` (or True) creates folders 2770 and files 0660 and loads
+        folders your groups may write; ``'all'`` also loads folders anyone may write (an
+        explicit opt-in: they could run code in your processes); ``'no'`` (or False, the
+        default) keeps everything owner-only."""
+        return self._set("shared", trust.Sharing.parse(shared)).value
 
     def get_persist_path(self, local: bool = False) -> str:
         self._ensure_loaded()
@@ -231,6 +276,10 @@ class Config:
     def get_durability(self) -> Durability:
         self._ensure_loaded()
         return self._settings["durability"]
+
+    def get_shared(self) -> "trust.Sharing":
+        self._ensure_loaded()
+        return self._settings["shared"]
 
     def get_project_persist_path(self, local: bool = False) -> str:
         """``<persist_path>/<project folder name>-<autoid>``, created owner-only on first use."""

@@ -73,3 +73,17 @@ def python_runner(ptd_env):
     def runner(code: str = "", cwd=None, **kwargs):
         return run_python(code, cwd or ptd_env.project, ptd_env.home, **kwargs)
     return runner
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MB tmpfs to fill up (skipped where this process may not mount one: needs root)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()}); needs root")
+    yield mount_point
+    POOL.close_all()
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -4,11 +4,12 @@ from pathlib import Path
 from typing import List
 
 import persist_to_disk as ptd
+from persist_to_disk.engine import find_stores
 
 
 def store_folders(root) -> List[Path]:
-    """Every folder under ``root`` that holds an LMDB store (a ``data.mdb`` file), sorted."""
-    return sorted(p.parent for p in Path(root).rglob("data.mdb"))
+    """Every leaf folder under ``root`` that holds a store (of any generation), sorted."""
+    return sorted(Path(folder) for folder in find_stores(root)) if Path(root).exists() else []
 
 
 def files_under(root) -> List[Path]:

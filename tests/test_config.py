@@ -89,6 +89,7 @@ def test_generate_config_writes_every_setting_with_its_default(ptd_env, capsys):
         "hashsize": "500",
         "lock_granularity": "call",
         "durability": "standard",
+        "shared": "no",
     }
 
 

@@ -326,6 +326,28 @@ INVALID_OPTIONS = [
     pytest.param(_two_args, dict(lock_timeout=-1), r"lock_timeout.*-1", id="lock_timeout"),
     pytest.param(_two_args, dict(durability="eventually"), r"durability.*eventually",
                  id="durability"),
+    # issue 5 (bad input): more wrong types and values
+    pytest.param(_two_args, dict(switch_kwarg=""), r"switch_kwarg.*''", id="switch_kwarg-empty"),
+    pytest.param(_two_args, dict(switch_kwarg=5), r"switch_kwarg.*5", id="switch_kwarg-int"),
+    pytest.param(_two_args, dict(cache=7), r"cache.*7", id="cache-7"),
+    pytest.param(_two_args, dict(cache="x"), r"cache.*'x'", id="cache-text"),
+    pytest.param(_two_args, dict(hashsize=True), r"hashsize.*True", id="hashsize-bool"),
+    pytest.param(_two_args, dict(hashsize=2 ** 40), r"hashsize.*1099511627776",
+                 id="hashsize-too-big"),
+    pytest.param(_two_args, dict(hashsize=1.5), r"hashsize.*1.5", id="hashsize-fraction"),
+    pytest.param(_two_args, dict(hashsize=float("inf")), r"hashsize.*inf", id="hashsize-inf"),
+    pytest.param(_two_args, dict(lock_timeout="soon"), r"lock_timeout.*'soon'",
+                 id="lock_timeout-text"),
+    pytest.param(_two_args, dict(durability=""), r"durability.*''", id="durability-empty"),
+    pytest.param(_two_args, dict(groupby=[1]), r"groupby.*1", id="groupby-not-a-name"),
+    pytest.param(_two_args, dict(groupby=[("a", 1)]), r"groupby.*1", id="groupby-tuple-int"),
+    pytest.param(_two_args, dict(skip_kwargs=[None]), r"skip_kwargs.*None", id="skip-none"),
+    pytest.param(_two_args, dict(expand_dict_kwargs=5), r"expand_dict_kwargs.*5",
+                 id="expand-int"),
+    pytest.param(_two_args, dict(groupby=[()]), r"groupby.*\(\)", id="groupby-empty-tuple"),
+    pytest.param(_two_args, dict(local="no"), r"local.*'no'", id="local-text"),
+    pytest.param(_two_args, dict(lock_timeout=float("nan")), r"lock_timeout.*nan",
+                 id="lock_timeout-nan"),
 ]
 
 

@@ -43,7 +43,7 @@ import persist_to_disk.persisted as persisted_module
 from persist_to_disk.engine import (
     MAX_BUCKET, POOL, CorruptStoreError, Durability, EnvironmentPool, ForeignFolderError, Record,
     RecordKind, Store, StoreFormatError, UnsafeFilesystemError, check_folder,
-    ensure_local_filesystem, environments, filesystem, keys,
+    ensure_local_filesystem, environments, filesystem, keys, locks,
 )
 from persist_to_disk.engine import store as store_module
 from persist_to_disk.engine.filesystem import parse_mountinfo
@@ -573,9 +573,10 @@ def _leaf_value(leaf, x):
 @pytest.mark.slow
 def test_ten_thousand_groupby_leaves_in_one_process_keep_open_files_bounded():
     """Each leaf is its own LMDB environment (3 file descriptors); 10,000 of them would pass
-    the usual descriptor limit and ~128 TiB of address space if all stayed open."""
+    the usual descriptor limit and ~128 TiB of address space if all stayed open. (Each leaf
+    also has its own lock files, of which at most ``locks.MAX_OPEN_LOCK_FILES`` stay open.)"""
     _leaf_calls.clear()
-    fd_limit = open_fd_count() + 3 * POOL.max_open + 16
+    fd_limit = open_fd_count() + 3 * POOL.max_open + locks.MAX_OPEN_LOCK_FILES + 16
     for leaf in range(10_000):
         assert _leaf_value(leaf, 1) == (leaf, 1)
         if leaf % 200 == 0:
@@ -833,6 +834,31 @@ def test_a_missing_lock_file_is_recreated_and_the_data_is_intact(tmp_path):
     assert (tmp_path / "leaf" / "lock.mdb").is_file()
     store.append(0, digest_for("after"), record_for("after"))
     assert store.stats().entries == 21
+
+
+def test_a_new_store_on_a_full_disk_raises_instead_of_killing_the_process(small_disk,
+                                                                          python_runner):
+    """LMDB maps its lock file sparse; on a full disk the first write to it would be SIGBUS.
+    The engine allocates the lock file's blocks first, so the process gets an OSError."""
+    filler = small_disk / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    result = python_runner(f"""
+        import errno
+        from persist_to_disk.engine import Store, Record, RecordKind
+        try:
+            Store({str(small_disk / "leaf")!r}).append(
+                0, b"d" * 16, Record(RecordKind.VALUE, 0.0, 0.0, "pickle:5", "3", b"", b"v"))
+        except OSError as err:
+            print("OSError", err.errno == errno.ENOSPC)
+        """, check=False)
+    assert result.returncode == 0, f"killed (exit {result.returncode}): {result.stderr[-300:]}"
+    assert result.stdout.split() == ["OSError", "True"]
 
 
 def test_a_truncated_data_file_raises_corrupt_store_error_instead_of_killing_the_process(

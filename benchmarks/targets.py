@@ -1,0 +1,125 @@
+"""Issue 4's targets, checked against the medians of a run: met, not met, or not measured.
+
+Our figure is the default (``standard``) setting except where a target names the fast one.
+The raw LMDB floor writes without fsync, so the store-throughput target compares it with our
+fast setting (the standard figure is shown beside it).
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from .adapters import OURS, OURS_FAST
+from .measurements import Results
+from .scenarios.growth import size_label
+from .settings import Settings
+
+DISKCACHE, ORIGINAL = "diskcache", "persist-to-disk-0.0.7"
+LRU, RAW_LMDB = "lru_cache+pickle", "raw-lmdb"
+
+
+@dataclass
+class Target:
+    text: str
+    status: str  # "met", "NOT met" or "not measured"
+    detail: str
+
+
+def _why_missing(results: Results, scenario: str, library: str, metric: str, params=None) -> str:
+    found = results.outcome(scenario, library, metric, params)
+    reason = getattr(found, "reason", None) or getattr(found, "message", None)
+    return f"{library}: {reason}" if reason else f"{library}: not run"
+
+
+def _faster(results: Results, text: str, scenario: str, metric: str, ours: str, theirs: str,
+            factor: float, params=None, unit: str = "µs") -> Target:
+    """Met if ``theirs / ours >= factor`` (costs: lower is better)."""
+    mine = results.median(scenario, ours, metric, params)
+    other = results.median(scenario, theirs, metric, params)
+    if mine is None or other is None:
+        missing = [_why_missing(results, scenario, lib, metric, params)
+                   for lib, value in ((ours, mine), (theirs, other)) if value is None]
+        return Target(text, "not measured", "; ".join(missing))
+    ratio = other / mine
+    status = "met" if ratio >= factor else "NOT met"
+    return Target(text, status, f"{mine:.2f} {unit} vs {other:.2f} {unit}: {ratio:.2f}× "
+                                f"(needs ≥ {factor:g}×)")
+
+
+def evaluate(results: Results, settings: Settings) -> List[Target]:
+    n = f"{settings.small_entries:,}"
+    targets = [
+        _faster(results, f"Hit ≥ 3× faster than diskcache ({n} entries)", "small", "hit_us",
+                OURS, DISKCACHE, 3),
+        _faster(results, f"Hit ≥ 10× faster than persist-to-disk 0.0.7 ({n} entries)", "small",
+                "hit_us", OURS, ORIGINAL, 10),
+        _within(results, "Hit within 10× of lru_cache + pickle.loads", "small", "hit_us",
+                OURS, LRU, 10, lower_is_better=True),
+        _flat(results, settings),
+        _faster(results, f"Miss (fast setting) ≥ 2× faster than diskcache ({n} entries)",
+                "small", "miss_us", OURS_FAST, DISKCACHE, 2),
+        _every_size(results, settings),
+    ]
+    for mb in settings.large_megabytes:
+        targets.append(_within(results, f"Load of {mb} MB within 2× of raw LMDB", "large",
+                               "load_MBps", OURS, RAW_LMDB, 2, lower_is_better=False,
+                               params={"megabytes": mb}, unit="MB/s"))
+        store = _within(results, f"Store of {mb} MB (fast setting) within 2× of raw LMDB "
+                                 "(no sync)", "large", "store_MBps", OURS_FAST, RAW_LMDB, 2,
+                        lower_is_better=False, params={"megabytes": mb}, unit="MB/s")
+        standard = results.median("large", OURS, "store_MBps", {"megabytes": mb})
+        if standard is not None:
+            store.detail += f"; standard setting: {standard:.0f} MB/s"
+        targets.append(store)
+    return targets
+
+
+def _within(results: Results, text: str, scenario: str, metric: str, ours: str, floor: str,
+            factor: float, lower_is_better: bool, params=None, unit: str = "µs") -> Target:
+    """Met if ours is no more than ``factor`` times worse than ``floor``."""
+    mine = results.median(scenario, ours, metric, params)
+    best = results.median(scenario, floor, metric, params)
+    if mine is None or best is None:
+        missing = [_why_missing(results, scenario, lib, metric, params)
+                   for lib, value in ((ours, mine), (floor, best)) if value is None]
+        return Target(text, "not measured", "; ".join(missing))
+    worse = mine / best if lower_is_better else best / mine
+    status = "met" if worse <= factor else "NOT met"
+    return Target(text, status, f"{mine:.2f} {unit} vs {best:.2f} {unit}: {worse:.2f}× "
+                                f"{'slower' if worse >= 1 else 'faster'} than the floor "
+                                f"(allowed ≤ {factor:g}×)")
+
+
+def _flat(results: Results, settings: Settings) -> Target:
+    sizes = sorted(settings.growth_sizes)
+    smallest, largest = sizes[0], sizes[-1]
+    text = (f"Hit flat from {size_label(smallest)} to {size_label(largest)} entries "
+            f"({size_label(largest)} ≤ 1.5× {size_label(smallest)})")
+    first = results.median("growth", OURS, "hit_us", {"size": smallest})
+    last = results.median("growth", OURS, "hit_us", {"size": largest})
+    if first is None or last is None:
+        return Target(text, "not measured",
+                      _why_missing(results, "growth", OURS, "hit_us", {"size": largest}))
+    ratio = last / first
+    return Target(text, "met" if ratio <= 1.5 else "NOT met",
+                  f"{first:.2f} µs at {size_label(smallest)}, {last:.2f} µs at "
+                  f"{size_label(largest)}: {ratio:.2f}×")
+
+
+def _every_size(results: Results, settings: Settings) -> Target:
+    text = "Miss (default setting) faster than persist-to-disk 0.0.7 at every size"
+    parts: List[str] = []
+    status: Optional[str] = None
+    for size in sorted(settings.growth_sizes):
+        params = {"size": size}
+        mine = results.median("growth", OURS, "miss_us", params)
+        theirs = results.median("growth", ORIGINAL, "miss_us", params)
+        if mine is None or theirs is None:
+            parts.append(f"{size_label(size)}: not measured")
+            continue
+        ok = mine < theirs
+        parts.append(f"{size_label(size)}: {mine:.0f} vs {theirs:.0f} µs "
+                     f"({theirs / mine:.2f}×){'' if ok else ' NOT met'}")
+        status = "NOT met" if not ok or status == "NOT met" else "met"
+    if status == "met" and any("not measured" in p for p in parts):
+        status = "met where measured"
+    return Target(text, status or "not measured", "; ".join(parts))

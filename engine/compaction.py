@@ -1,0 +1,419 @@
+"""Compaction: rebuild a store without what it no longer needs, while other processes use it.
+
+Records are never rewritten in place, so a store accumulates superseded versions (recomputed
+calls) and tombstones (deleted calls), and LMDB files never shrink. Compaction writes the newest
+record of every call that is kept into a new *generation* (``generations.py``), sorted, in
+append mode (a sorted rebuild packs pages fully: it was 2.8x smaller than LMDB's own
+compacting copy), and then switches every process over:
+
+1. Under the leaf's maintenance lock (one compaction at a time), open a read snapshot of the
+   generation in use and copy what is kept into ``gen-N+1``. Readers and writers go on in the
+   old generation meanwhile.
+2. Begin a write transaction on the old generation. LMDB serialises writers, so from here on
+   nobody else writes. Copy the difference between the snapshot and this transaction (what was
+   written, or cleared, during step 1) into the new generation, flush it to disk, then put the
+   seal (the new generation's number) and commit. A writer waits at most for this step.
+3. Write ``CURRENT`` and delete the old generation. Processes that still have it open find the
+   seal (writes: in their own transaction; reads: when they find nothing, and in their periodic
+   check) and reopen the new one. Unlinked files stay readable to whoever still maps them.
+
+A crash at any point loses nothing: before the seal the old generation is complete and in use
+(the partial new one is deleted by the next compaction); after it the new one is complete and
+the seal sends everyone there, even if ``CURRENT`` was not written yet.
+"""
+
+import math
+import os
+import shutil
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import lmdb
+from filelock import FileLock
+
+from . import keys
+from .durability import Durability
+from .environments import (INITIAL_MAP_SIZE, MAX_READERS, POOL, EnvironmentPool,
+                           reserve_lock_file)
+from .errors import EngineError, StoreFormatError
+from . import trust
+from .filesystem import make_dirs
+from .generations import (DATA_FILE, GENERATION_PREFIX, LOCK_FILE, SEAL_KEY, encode_seal,
+                          existing_generations, generation_folder, read_current,
+                          store_exists, store_file_bytes, write_current)
+from .records import RecordKind, decode_record
+
+MAINTENANCE_LOCK = "maintenance.lock"
+_BATCH_RECORDS = 20_000
+_BATCH_BYTES = 64 << 20
+_PAGE = 4096
+
+
+class NoStoreError(EngineError, FileNotFoundError):
+    """There is no cache store where one was named."""
+
+
+class CompactionFailedError(EngineError):
+    """A compaction could not finish (a full disk, an I/O error); the store is unchanged."""
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    """What compaction drops besides superseded versions and deleted calls.
+
+    ``older_than``: seconds; calls whose newest record was written longer ago are dropped.
+    ``max_size``: bytes; the oldest calls are dropped until the records kept fit.
+    """
+
+    older_than: Optional[float] = None
+    max_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.older_than is not None and not self.older_than >= 0:
+            raise ValueError(f"older_than must be a number of seconds >= 0, got "
+                             f"{self.older_than!r}")
+        if self.max_size is not None and not self.max_size >= 0:
+            raise ValueError(f"max_size must be a number of bytes >= 0, got {self.max_size!r}")
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    path: str
+    dry_run: bool
+    bytes_before: int       # data files of every generation present before
+    bytes_after: int        # after the rebuild (an estimate when dry_run)
+    kept: int               # calls kept (their newest record)
+    kept_bytes: int         # bytes of the records kept (as StoreStats.live_bytes)
+    superseded: int         # older versions of kept calls, dropped
+    tombstones: int         # deleted calls, dropped with their versions
+    expired: int            # calls dropped by ``older_than``
+    evicted: int            # calls dropped by ``max_size``
+    unreadable: int         # calls whose newest record has a newer format: kept untouched
+    carried_over: int       # records written or cleared by others during the rebuild
+    generation_before: int
+    generation_after: int
+
+
+# --- the decisions ------------------------------------------------------------------------
+_KEEP, _UNREADABLE, _TOMBSTONE, _EXPIRED = range(4)
+
+
+def _calls(txn: "lmdb.Transaction") -> Iterator[Tuple[bytes, bytes, int]]:
+    """Yield ``(newest key, newest value, versions)`` of every call, in key order."""
+    cursor = txn.cursor()
+    previous: Optional[Tuple[bytes, bytes]] = None
+    versions = 0
+    for key, value in cursor.iternext(keys=True, values=True):
+        if not keys.is_record_key(key):
+            continue
+        if previous is not None and key[:keys.PREFIX_SIZE] != previous[0][:keys.PREFIX_SIZE]:
+            yield previous[0], previous[1], versions
+            versions = 0
+        previous = (key, value)
+        versions += 1
+    if previous is not None:
+        yield previous[0], previous[1], versions
+
+
+def _decide(value: bytes, cutoff: Optional[float]) -> Tuple[int, float]:
+    """``(decision, created)`` for a call by its newest record."""
+    try:
+        record = decode_record(value, with_value=False)
+    except StoreFormatError:
+        return _UNREADABLE, math.inf  # a newer writer's record: never ours to drop
+    if record.kind is RecordKind.TOMBSTONE:
+        return _TOMBSTONE, record.created
+    if cutoff is not None and record.created < cutoff:
+        return _EXPIRED, record.created
+    return _KEEP, record.created
+
+
+def _stored_size(key: bytes, value: bytes) -> int:
+    """Bytes a record takes in a packed rebuild (leaf node, or overflow pages when large)."""
+    size = len(key) + len(value) + 10
+    if size > _PAGE // 2:
+        return math.ceil((len(value) + 16) / _PAGE) * _PAGE
+    return size
+
+
+class _Plan:
+    """The first pass over the snapshot: what becomes of each call, and the counts.
+
+    The second pass (the copy) walks the same snapshot in the same order and asks
+    :meth:`keeps` per call; the per-call arrays cost ~30 bytes a call.
+    """
+
+    def __init__(self, txn: "lmdb.Transaction", policy: CompactionPolicy, now: float) -> None:
+        self.cutoff = now - policy.older_than if policy.older_than is not None else None
+        self.kept = self.kept_bytes = self.superseded = self.tombstones = 0
+        self.expired = self.evicted = self.unreadable = 0
+        self.estimate = 2 * _PAGE  # LMDB's two meta pages
+        created, sizes, stored, versions_of = array("d"), array("Q"), array("Q"), array("Q")
+        unreadable = bytearray()
+        for key, value, versions in _calls(txn):
+            decision, when = _decide(value, self.cutoff)
+            if decision == _TOMBSTONE:
+                self.tombstones += 1
+            elif decision == _EXPIRED:
+                self.expired += 1
+            else:
+                created.append(when)
+                sizes.append(len(value))  # as StoreStats.live_bytes counts them
+                stored.append(_stored_size(key, value))
+                versions_of.append(versions)
+                unreadable.append(decision == _UNREADABLE)
+        self._evicted = _evict(created, sizes, unreadable, policy.max_size)
+        for index, gone in enumerate(self._evicted):
+            if gone:
+                self.evicted += 1
+                continue
+            if unreadable[index]:
+                self.unreadable += 1
+            else:
+                self.kept += 1
+            self.superseded += versions_of[index] - 1
+            self.kept_bytes += sizes[index]
+            self.estimate += stored[index]
+        self.estimate = math.ceil(self.estimate * 1.02 / _PAGE) * _PAGE  # branch pages
+
+    def kept_records(self, txn: "lmdb.Transaction") -> Iterator[Tuple[bytes, bytes, int]]:
+        """Yield ``(key, value, versions examined)`` of the newest record of each kept call."""
+        candidate = 0
+        for key, value, versions in _calls(txn):
+            decision, _ = _decide(value, self.cutoff)
+            if decision in (_TOMBSTONE, _EXPIRED):
+                yield b"", b"", versions
+                continue
+            gone = self._evicted[candidate]
+            candidate += 1
+            yield (b"", b"", versions) if gone else (key, value, versions)
+
+
+def _evict(created: array, sizes: array, unreadable: bytearray,
+           max_size: Optional[int]) -> bytearray:
+    """A flag per candidate call: 1 if it does not fit in ``max_size`` bytes, newest first.
+
+    Unreadable records (a newer format) are never evicted: we cannot tell what they are.
+    """
+    evicted = bytearray(len(created))
+    if max_size is None or sum(sizes) <= max_size:
+        return evicted
+    total = sum(size for size, other in zip(sizes, unreadable) if other)
+    for index in sorted(range(len(created)), key=created.__getitem__, reverse=True):
+        if unreadable[index]:
+            continue
+        total += sizes[index]
+        if total > max_size:
+            evicted[index] = 1
+    return evicted
+
+
+# --- the rebuild --------------------------------------------------------------------------
+def compact(leaf: str, policy: Optional[CompactionPolicy] = None, *, dry_run: bool = False,
+            progress: Optional[Callable[[int], None]] = None,
+            durability: Durability = Durability.STANDARD,
+            pool: EnvironmentPool = POOL) -> CompactionReport:
+    """Rebuild the store in ``leaf`` into a new generation; see the module docstring.
+
+    Safe while other processes read and write the store. ``progress`` is called with the
+    number of records examined since its last call. ``dry_run`` only reports what would go.
+    """
+    leaf = os.path.abspath(leaf)
+    policy = policy or CompactionPolicy()
+    if not store_exists(leaf):
+        raise NoStoreError(f"There is no cache store in {leaf}. `ptd ls` lists the stores.")
+    if dry_run:
+        with pool.exclusive(leaf, durability) as handle:
+            bytes_before = store_file_bytes(leaf)
+            with handle.env.begin() as snapshot:
+                plan = _Plan(snapshot, policy, time.time())
+            return _report(leaf, True, bytes_before, plan.estimate, plan, 0,
+                           handle.generation, handle.generation)
+    sharing = trust.current_policy().sharing
+    with FileLock(os.path.join(leaf, MAINTENANCE_LOCK), mode=sharing.file_mode):
+        with pool.exclusive(leaf, durability) as handle:
+            old = handle.generation
+            new = max(old, _highest_folder(leaf)) + 1  # numbers are never reused
+            _remove_other_generations(leaf, old)
+            if read_current(leaf) != old and old:
+                write_current(leaf, old)  # a compactor died after sealing: repair the hint
+            bytes_before = store_file_bytes(leaf)
+            folder = generation_folder(leaf, new)
+            snapshot = handle.env.begin()
+            try:
+                plan = _Plan(snapshot, policy, time.time())
+                try:
+                    target = _create_generation(folder, handle.env.info()["map_size"])
+                    try:
+                        _copy(snapshot, target, plan, progress)
+                        carried = _seal(handle.env, snapshot, target, new)
+                    finally:
+                        target.close()
+                except (lmdb.Error, OSError) as err:
+                    # Not sealed: the old generation is complete and still in use.
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise CompactionFailedError(
+                        f"Could not compact {leaf}: {err}. Nothing was changed; the store is "
+                        f"as it was. Compaction needs free space for a copy of the records it "
+                        f"keeps (about {plan.estimate:,} bytes) beside the store."
+                    ) from err
+            finally:
+                snapshot.abort()
+            handle.env.sync(True)  # the seal is on disk before CURRENT names the new generation
+            write_current(leaf, new)
+            pool.retire(handle)  # this process, too, reopens at the new generation
+        _remove_generation(leaf, old)
+    return _report(leaf, False, bytes_before, store_file_bytes(leaf), plan, carried, old, new)
+
+
+def _report(leaf: str, dry_run: bool, before: int, after: int, plan: _Plan, carried: int,
+            old: int, new: int) -> CompactionReport:
+    return CompactionReport(leaf, dry_run, before, after, plan.kept, plan.kept_bytes,
+                            plan.superseded, plan.tombstones, plan.expired, plan.evicted,
+                            plan.unreadable, carried, old, new)
+
+
+def _create_generation(folder: str, map_size: int) -> "lmdb.Environment":
+    """A new, empty environment for the rebuild. It is flushed once at the end (``_seal``),
+    so the bulk copy runs without a sync per transaction."""
+    if os.path.exists(folder):
+        shutil.rmtree(folder)  # a partial rebuild by a compactor that died
+    sharing = trust.current_policy().sharing
+    make_dirs(folder, sharing.folder_mode)
+    reserve_lock_file(folder)
+    env = lmdb.open(folder, map_size=max(map_size, INITIAL_MAP_SIZE), subdir=True,
+                    readahead=False, meminit=False, max_readers=MAX_READERS,
+                    max_spare_txns=0, sync=False, metasync=False, mode=sharing.file_mode)
+    trust.share_store_files(folder)
+    return env
+
+
+def _write(env: "lmdb.Environment", action: Callable[["lmdb.Transaction"], None]) -> None:
+    """One write transaction, growing the map and retrying when it is full."""
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                action(txn)
+            return
+        except lmdb.MapFullError:
+            env.set_mapsize(env.info()["map_size"] * 2)
+
+
+def _copy(snapshot: "lmdb.Transaction", target: "lmdb.Environment", plan: _Plan,
+          progress: Optional[Callable[[int], None]]) -> None:
+    """Append the kept records, in key order, then the store's own documents."""
+    batch: List[Tuple[bytes, bytes]] = []
+    batch_bytes = examined = 0
+
+    def flush() -> None:
+        nonlocal batch, batch_bytes, examined
+        if batch:
+            items = batch
+            _write(target, lambda txn: txn.cursor().putmulti(items, append=True))
+        if progress is not None and examined:
+            progress(examined)
+        batch, batch_bytes, examined = [], 0, 0
+
+    for key, value, versions in plan.kept_records(snapshot):
+        examined += versions
+        if key:
+            batch.append((key, value))
+            batch_bytes += len(value)
+        if len(batch) >= _BATCH_RECORDS or batch_bytes >= _BATCH_BYTES:
+            flush()
+    cursor = snapshot.cursor()
+    if cursor.set_range(keys.META_KEY[:keys.BUCKET_SIZE]):
+        for key, value in cursor.iternext(keys=True, values=True):
+            if key != SEAL_KEY:
+                batch.append((key, value))
+    flush()
+
+
+def _differences(before: "lmdb.Transaction", after: "lmdb.Transaction"
+                 ) -> Iterator[Tuple[bytes, Optional[bytes]]]:
+    """``(key, new value or None if deleted)`` for every key that differs, by a merge of the
+    two sorted key sequences."""
+    old, new = before.cursor(), after.cursor()
+    has_old, has_new = old.first(), new.first()
+    while has_old or has_new:
+        if has_new and (not has_old or new.key() < old.key()):
+            yield new.key(), new.value()
+            has_new = new.next()
+        elif has_old and (not has_new or old.key() < new.key()):
+            yield old.key(), None
+            has_old = old.next()
+        else:
+            if old.value() != new.value():
+                yield new.key(), new.value()
+            has_old, has_new = old.next(), new.next()
+
+
+def _seal(source: "lmdb.Environment", snapshot: "lmdb.Transaction",
+          target: "lmdb.Environment", generation: int) -> int:
+    """Carry over what changed since ``snapshot`` and seal ``source``; return the changes."""
+    while True:
+        try:
+            with source.begin(write=True) as txn:  # from here on, writers wait for us
+                if txn.get(SEAL_KEY) is not None:
+                    raise EngineError(
+                        f"{generation_folder(os.path.dirname(source.path()), generation)}: "
+                        "the store was sealed by another compaction running without the "
+                        "maintenance lock. Nothing was lost; run the compaction again.")
+                changes = []
+                if source.info()["last_txnid"] != snapshot.id():
+                    changes = [(key, value) for key, value in _differences(snapshot, txn)
+                               if key != SEAL_KEY]
+                if changes:
+                    _write(target, lambda t: _apply(t, changes))
+                target.sync(True)  # the new generation is on disk before anyone is sent there
+                txn.put(SEAL_KEY, encode_seal(generation))
+            return len(changes)
+        except lmdb.MapResizedError:
+            source.set_mapsize(0)
+        except lmdb.MapFullError:
+            source.set_mapsize(source.info()["map_size"] * 2)
+
+
+def _apply(txn: "lmdb.Transaction", changes: List[Tuple[bytes, Optional[bytes]]]) -> None:
+    for key, value in changes:
+        if value is None:
+            txn.delete(key)
+        else:
+            txn.put(key, value)
+
+
+# --- removing old generations -------------------------------------------------------------
+def _highest_folder(leaf: str) -> int:
+    """The highest generation number of any ``gen-N`` folder, complete or not (never reuse)."""
+    highest = 0
+    for name in os.listdir(leaf):
+        if name.startswith(GENERATION_PREFIX) and name[len(GENERATION_PREFIX):].isdigit():
+            highest = max(highest, int(name[len(GENERATION_PREFIX):]))
+    return highest
+
+
+def _remove_generation(leaf: str, generation: int) -> None:
+    """Delete a superseded generation. Processes that still map it keep reading the unlinked
+    files until they move on; a failure leaves it for the next compaction."""
+    if generation == 0:
+        for name in (DATA_FILE, LOCK_FILE):
+            try:
+                os.unlink(os.path.join(leaf, name))
+            except FileNotFoundError:
+                pass
+    else:
+        shutil.rmtree(generation_folder(leaf, generation), ignore_errors=True)
+
+
+def _remove_other_generations(leaf: str, in_use: int) -> None:
+    """Delete generations left behind: superseded ones whose removal failed, and partial
+    rebuilds of a compactor that died. Runs under the maintenance lock."""
+    for name in os.listdir(leaf):
+        if name.startswith(GENERATION_PREFIX) and name[len(GENERATION_PREFIX):].isdigit():
+            generation = int(name[len(GENERATION_PREFIX):])
+            if generation != in_use:
+                _remove_generation(leaf, generation)
+    if in_use:
+        _remove_generation(leaf, 0)

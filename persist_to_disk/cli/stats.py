@@ -1,0 +1,147 @@
+"""``ptd stats FUNCTION-OR-LEAF``: what a function's cache holds and what it is worth.
+
+Entries are calls with a stored result; versions count every record (recomputed calls keep their
+older versions until ``ptd compact``); tombstones are deleted calls. Each record carries the
+seconds its computation took, so the sum over the entries is the time one hit on each of them
+saves.
+"""
+
+import argparse
+from dataclasses import asdict, dataclass
+from typing import List, Optional
+
+from ..engine import Store
+from ..legacy.lookup import IMPORTED_TAG
+from . import output, targets
+from .exit_codes import OK
+from .progress import progress_bar
+from .units import format_bytes, format_seconds, format_time, iso_time
+
+EXAMPLES = """\
+examples:
+  ptd stats train_a_model                  a function, by name (or module.name)
+  ptd stats pipeline/train/train_a_model/MNIST
+                                           one groupby leaf (or a prefix of leaves)
+  ptd stats ~/.persist_to_disk/cache/myproject-1/pipeline/train/train_a_model --json
+"""
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "stats", help="entries, versions, bytes and compute time of one function or leaf",
+        description=output.paragraph(
+            "Show what the cache of one function (all its groupby leaves) or of one "
+            "leaf holds: entries, versions, tombstones, live and on-disk bytes, "
+            "oldest and newest entry, and the compute time stored (what hits save)."),
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", metavar="FUNCTION-OR-LEAF",
+                        help="a folder path, or a function or leaf name found under --root")
+    parser.add_argument("--root", metavar="PATH",
+                        help="where to look for a name (default: the configured persist path)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class LeafStats:
+    path: str
+    leaf: str
+    entries: int
+    versions: int
+    tombstones: int
+    unreadable: int
+    live_bytes: int
+    file_bytes: int
+    disk_bytes: int
+    oldest: Optional[float]
+    newest: Optional[float]
+    compute_seconds: float
+    imported: int
+
+
+def leaf_stats(leaf: targets.Leaf) -> LeafStats:
+    store = Store(leaf.path)
+    counts = store.stats()
+    oldest = newest = None
+    compute = 0.0
+    imported = 0
+    for _, _, record in store.scan(with_values=False):
+        oldest = record.created if oldest is None else min(oldest, record.created)
+        newest = record.created if newest is None else max(newest, record.created)
+        compute += record.compute_seconds
+        imported += record.serializer.endswith(IMPORTED_TAG)
+    disk_bytes, _ = targets.usage(leaf.path)
+    return LeafStats(leaf.path, leaf.leaf, counts.entries, counts.versions, counts.tombstones,
+                     counts.unreadable, counts.live_bytes, counts.file_bytes, disk_bytes, oldest,
+                     newest, compute, imported)
+
+
+def _total(leaves: List[LeafStats]) -> dict:
+    present = [s for s in leaves if s.oldest is not None]
+    return {
+        "entries": sum(s.entries for s in leaves),
+        "versions": sum(s.versions for s in leaves),
+        "superseded": sum(s.versions - s.entries - s.tombstones for s in leaves),
+        "tombstones": sum(s.tombstones for s in leaves),
+        "unreadable": sum(s.unreadable for s in leaves),
+        "live_bytes": sum(s.live_bytes for s in leaves),
+        "file_bytes": sum(s.file_bytes for s in leaves),
+        "disk_bytes": sum(s.disk_bytes for s in leaves),
+        "oldest": min((s.oldest for s in present), default=None),
+        "newest": max((s.newest for s in present), default=None),
+        "compute_seconds": sum(s.compute_seconds for s in leaves),
+        "imported": sum(s.imported for s in leaves),
+    }
+
+
+def run(args) -> int:
+    root = args.root or targets.default_root()
+    leaves = targets.resolve(args.target, root)
+    collected = []
+    with progress_bar("reading", unit="stores", total=len(leaves)) as advance:
+        for leaf in leaves:
+            collected.append(leaf_stats(leaf))
+            advance(1)
+    total = _total(collected)
+    folders = sorted({leaf.function_folder for leaf in leaves})
+    names = sorted({leaf.function_name or "" for leaf in leaves})
+    title = folders[0] if len(folders) == 1 else f"{args.target} ({len(folders)} functions)"
+    function = names[0] or None if len(names) == 1 else None
+    if args.json:
+        document = {"function": function, "function_folder": title,
+                    "leaves": len(collected), **total, "oldest": iso_time(total["oldest"]),
+                    "newest": iso_time(total["newest"]), "oldest_epoch": total["oldest"],
+                    "newest_epoch": total["newest"], "per_leaf": [asdict(s) for s in collected]}
+        output.print_json(document)
+        return OK
+    print(f"{title} ({function})" if function else title)
+    entries = total["entries"]
+    average = format_seconds(total["compute_seconds"] / entries) if entries else "-"
+    lines = [
+        ("leaves", f"{len(collected)}"),
+        ("entries", f"{entries}" + (f" ({total['imported']} imported from 0.0.7)"
+                                    if total["imported"] else "")),
+        ("versions", f"{total['versions']} ({total['superseded']} superseded; "
+                     "`ptd compact` drops them)"),
+        ("tombstones", f"{total['tombstones']} deleted calls"),
+        ("live bytes", f"{format_bytes(total['live_bytes'])} (newest record of each entry)"),
+        ("on disk", f"{format_bytes(total['file_bytes'])} data files, "
+                    f"{format_bytes(total['disk_bytes'])} with lock files"),
+        ("oldest entry", format_time(total["oldest"])),
+        ("newest entry", format_time(total["newest"])),
+        ("compute stored", f"{format_seconds(total['compute_seconds'])} (saved by one hit on "
+                           f"each entry), {average} per entry on average"),
+    ]
+    if total["unreadable"]:
+        lines.append(("unreadable", f"{total['unreadable']} entries written by a newer version"))
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        print(f"  {label + ':':<{width + 1}} {value}")
+    if len(collected) > 1:
+        print()
+        print(output.table(
+            ["LEAF", "ENTRIES", "VERSIONS", "TOMBSTONES", "LIVE", "ON DISK", "NEWEST"],
+            [[s.leaf or ".", s.entries, s.versions, s.tombstones, format_bytes(s.live_bytes),
+              format_bytes(s.file_bytes), format_time(s.newest)] for s in collected],
+            right=("ENTRIES", "VERSIONS", "TOMBSTONES", "LIVE", "ON DISK")))
+    return OK
