@@ -78,9 +78,13 @@ class _Handle:
         self.checked_at = time.monotonic()
 
     def is_current(self, generation_too: bool = True) -> bool:
-        """Whether the data file on disk is still the one this environment has open, and (with
-        ``generation_too``) no compaction has named a newer generation since. Writes skip the
-        latter: they find a compaction's seal inside their own transaction."""
+        """Whether the files on disk are still the ones this environment has open, and (with
+        ``generation_too``) no compaction has named a newer generation since.
+
+        Writes check the files before every transaction (a write into a deleted data file would
+        be lost; one beside a new lock file would not be serialised with other processes), but
+        not the generation: they find a compaction's seal inside their own transaction.
+        """
         self.checked_at = time.monotonic()
         if _file_identity(self.folder) != self.identity:
             return False
@@ -92,19 +96,20 @@ class _Handle:
             return True  # reported when the store is next opened; this handle still works
 
 
-def _file_identity(path: str):
+def _identity_of(path: str):
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _file_identity(folder: str):
     """(device, inode) of the data file and of the lock file. A lock file deleted under an
     open store would let the next process make a new one and write beside us unserialised,
     so a changed lock file makes the handle stale like a changed data file."""
-    identity = []
-    for name in (DATA_FILE, LOCK_FILE):
-        try:
-            info = os.stat(os.path.join(path, name))
-        except FileNotFoundError:
-            identity.append(None)
-        else:
-            identity.append((info.st_dev, info.st_ino))
-    return tuple(identity)
+    return (_identity_of(os.path.join(folder, DATA_FILE)),
+            _identity_of(os.path.join(folder, LOCK_FILE)))
 
 
 def check_folder(path: str) -> None:
