@@ -22,6 +22,7 @@ A crash at any point loses nothing: before the seal the old generation is comple
 the seal sends everyone there, even if ``CURRENT`` was not written yet.
 """
 
+import contextlib
 import math
 import os
 import shutil
@@ -35,17 +36,19 @@ from filelock import FileLock
 
 from . import keys
 from .durability import Durability
-from .environments import (INITIAL_MAP_SIZE, MAX_READERS, POOL, EnvironmentPool,
-                           reserve_lock_file)
+from .environments import (INITIAL_MAP_SIZE, MAX_GENERATION_HOPS, MAX_READERS, POOL,
+                           EnvironmentPool, _file_identity, reserve_lock_file)
 from .errors import EngineError, StoreFormatError
 from . import trust
 from .filesystem import make_dirs
-from .generations import (DATA_FILE, GENERATION_PREFIX, LOCK_FILE, SEAL_KEY, encode_seal,
+from .generations import (DATA_FILE, GENERATION_KEY, GENERATION_PREFIX, LOCK_FILE, SEAL_KEY,
+                          encode_seal,
                           existing_generations, generation_folder, read_current,
                           store_exists, store_file_bytes, write_current)
 from .records import RecordKind, decode_record
 
 MAINTENANCE_LOCK = "maintenance.lock"
+_NOT_COPIED = (SEAL_KEY, GENERATION_KEY)
 _BATCH_RECORDS = 20_000
 _BATCH_BYTES = 64 << 20
 _PAGE = 4096
@@ -101,18 +104,21 @@ _KEEP, _UNREADABLE, _TOMBSTONE, _EXPIRED = range(4)
 
 
 def _calls(txn: "lmdb.Transaction") -> Iterator[Tuple[bytes, bytes, int]]:
-    """Yield ``(newest key, newest value, versions)`` of every call, in key order."""
+    """Yield ``(newest key, newest value, versions)`` of every call, in key order, and
+    ``(key, value, 0)`` for every other key (the store's own documents, or keys of a newer
+    version: kept as they are). The seal and generation marker are not yielded."""
     cursor = txn.cursor()
     previous: Optional[Tuple[bytes, bytes]] = None
     versions = 0
     for key, value in cursor.iternext(keys=True, values=True):
-        if not keys.is_record_key(key):
-            continue
         if previous is not None and key[:keys.PREFIX_SIZE] != previous[0][:keys.PREFIX_SIZE]:
             yield previous[0], previous[1], versions
-            versions = 0
-        previous = (key, value)
-        versions += 1
+            previous, versions = None, 0
+        if keys.is_record_key(key):
+            previous = (key, value)
+            versions += 1
+        elif key not in _NOT_COPIED:
+            yield key, value, 0
     if previous is not None:
         yield previous[0], previous[1], versions
 
@@ -153,6 +159,8 @@ class _Plan:
         created, sizes, stored, versions_of = array("d"), array("Q"), array("Q"), array("Q")
         unreadable = bytearray()
         for key, value, versions in _calls(txn):
+            if not versions:
+                continue  # not a record: copied as it is
             decision, when = _decide(value, self.cutoff)
             if decision == _TOMBSTONE:
                 self.tombstones += 1
@@ -182,6 +190,9 @@ class _Plan:
         """Yield ``(key, value, versions examined)`` of the newest record of each kept call."""
         candidate = 0
         for key, value, versions in _calls(txn):
+            if not versions:
+                yield key, value, 0
+                continue
             decision, _ = _decide(value, self.cutoff)
             if decision in (_TOMBSTONE, _EXPIRED):
                 yield b"", b"", versions
@@ -225,7 +236,7 @@ def compact(leaf: str, policy: Optional[CompactionPolicy] = None, *, dry_run: bo
     if not store_exists(leaf):
         raise NoStoreError(f"There is no cache store in {leaf}. `ptd ls` lists the stores.")
     if dry_run:
-        with pool.exclusive(leaf, durability) as handle:
+        with _current_handle(pool, leaf, durability) as handle:
             bytes_before = store_file_bytes(leaf)
             with handle.env.begin() as snapshot:
                 plan = _Plan(snapshot, policy, time.time())
@@ -233,39 +244,75 @@ def compact(leaf: str, policy: Optional[CompactionPolicy] = None, *, dry_run: bo
                            handle.generation, handle.generation)
     sharing = trust.current_policy().sharing
     with FileLock(os.path.join(leaf, MAINTENANCE_LOCK), mode=sharing.file_mode):
-        with pool.exclusive(leaf, durability) as handle:
+        with _current_handle(pool, leaf, durability) as handle:
             old = handle.generation
             new = max(old, _highest_folder(leaf)) + 1  # numbers are never reused
+            if read_current(leaf) < old:
+                write_current(leaf, old, sharing.file_mode)  # a compactor died after sealing
             _remove_other_generations(leaf, old)
-            if read_current(leaf) != old and old:
-                write_current(leaf, old)  # a compactor died after sealing: repair the hint
             bytes_before = store_file_bytes(leaf)
             folder = generation_folder(leaf, new)
-            snapshot = handle.env.begin()
+            sealed = False
             try:
-                plan = _Plan(snapshot, policy, time.time())
+                snapshot = handle.env.begin()
                 try:
-                    target = _create_generation(folder, handle.env.info()["map_size"])
+                    plan = _Plan(snapshot, policy, time.time())
                     try:
-                        _copy(snapshot, target, plan, progress)
-                        carried = _seal(handle.env, snapshot, target, new)
-                    finally:
-                        target.close()
-                except (lmdb.Error, OSError) as err:
-                    # Not sealed: the old generation is complete and still in use.
-                    shutil.rmtree(folder, ignore_errors=True)
-                    raise CompactionFailedError(
-                        f"Could not compact {leaf}: {err}. Nothing was changed; the store is "
-                        f"as it was. Compaction needs free space for a copy of the records it "
-                        f"keeps (about {plan.estimate:,} bytes) beside the store."
-                    ) from err
+                        target = _create_generation(folder, handle.env.info()["map_size"])
+                        try:
+                            _copy(snapshot, target, plan, new, progress)
+                            carried = _seal(handle.env, snapshot, target, new,
+                                            lambda: _unchanged(leaf, handle))
+                            sealed = True
+                        finally:
+                            target.close()
+                    except (lmdb.Error, OSError, CompactionFailedError) as err:
+                        # Not sealed: the old generation is complete and still in use.
+                        shutil.rmtree(folder, ignore_errors=True)
+                        if isinstance(err, CompactionFailedError):
+                            raise
+                        raise CompactionFailedError(
+                            f"Could not compact {leaf}: {err}. Nothing was changed; the store "
+                            f"is as it was. Compaction needs free space for a copy of the "
+                            f"records it keeps (about {plan.estimate:,} bytes) beside it."
+                        ) from err
+                finally:
+                    snapshot.abort()
+                handle.env.sync(True)  # the seal is on disk before CURRENT names the new one
+                write_current(leaf, new, sharing.file_mode)
             finally:
-                snapshot.abort()
-            handle.env.sync(True)  # the seal is on disk before CURRENT names the new generation
-            write_current(leaf, new)
-            pool.retire(handle)  # this process, too, reopens at the new generation
-        _remove_generation(leaf, old)
+                if sealed:
+                    pool.retire(handle)  # this process, too, reopens at the new generation
+        if _unchanged(leaf, handle):
+            _remove_generation(leaf, old)
     return _report(leaf, False, bytes_before, store_file_bytes(leaf), plan, carried, old, new)
+
+
+@contextlib.contextmanager
+def _current_handle(pool: EnvironmentPool, leaf: str, durability: Durability):
+    """The pool's handle of the generation in use, held exclusively.
+
+    A handle this process opened before another compaction sealed it (and whose files that
+    compaction did not delete yet, say because it was interrupted) must not be compacted: the
+    records written since are in the newer generation. So a sealed handle, or one older than
+    ``CURRENT``, is retired and the store opened again.
+    """
+    for _ in range(MAX_GENERATION_HOPS):
+        with pool.exclusive(leaf, durability) as handle:
+            with handle.env.begin() as txn:
+                sealed = txn.get(SEAL_KEY) is not None
+            if not sealed and read_current(leaf) <= handle.generation:
+                yield handle
+                return
+            pool.retire(handle)
+    raise EngineError(f"{leaf}: the store keeps changing generation; is another compaction "
+                      "looping? Stop it and run `ptd verify` on this folder.")
+
+
+def _unchanged(leaf: str, handle) -> bool:
+    """Whether the generation's files are still the ones ``handle`` opened (not deleted or
+    replaced by hand while it was compacted)."""
+    return _file_identity(generation_folder(leaf, handle.generation)) == handle.identity
 
 
 def _report(leaf: str, dry_run: bool, before: int, after: int, plan: _Plan, carried: int,
@@ -302,8 +349,8 @@ def _write(env: "lmdb.Environment", action: Callable[["lmdb.Transaction"], None]
 
 
 def _copy(snapshot: "lmdb.Transaction", target: "lmdb.Environment", plan: _Plan,
-          progress: Optional[Callable[[int], None]]) -> None:
-    """Append the kept records, in key order, then the store's own documents."""
+          generation: int, progress: Optional[Callable[[int], None]]) -> None:
+    """Append the kept records and the store's own documents, in key order."""
     batch: List[Tuple[bytes, bytes]] = []
     batch_bytes = examined = 0
 
@@ -323,39 +370,51 @@ def _copy(snapshot: "lmdb.Transaction", target: "lmdb.Environment", plan: _Plan,
             batch_bytes += len(value)
         if len(batch) >= _BATCH_RECORDS or batch_bytes >= _BATCH_BYTES:
             flush()
-    cursor = snapshot.cursor()
-    if cursor.set_range(keys.META_KEY[:keys.BUCKET_SIZE]):
-        for key, value in cursor.iternext(keys=True, values=True):
-            if key != SEAL_KEY:
-                batch.append((key, value))
     flush()
+    # Marks the environment as made by compaction: an empty one re-created at this path (by
+    # LMDB opening a deleted generation) never has it, and is never used.
+    _write(target, lambda txn: txn.put(GENERATION_KEY, encode_seal(generation)))
 
 
 def _differences(before: "lmdb.Transaction", after: "lmdb.Transaction"
                  ) -> Iterator[Tuple[bytes, Optional[bytes]]]:
     """``(key, new value or None if deleted)`` for every key that differs, by a merge of the
-    two sorted key sequences."""
+    two sorted key sequences.
+
+    A record key is never written twice with different contents (records are appended under
+    a new sequence, and ``Store.clear`` moves the first sequence past everything it deleted),
+    so records are compared by key alone: the values of the whole store are never read while
+    writers wait. The store's own documents are compared by value.
+    """
     old, new = before.cursor(), after.cursor()
     has_old, has_new = old.first(), new.first()
     while has_old or has_new:
         if has_new and (not has_old or new.key() < old.key()):
-            yield new.key(), new.value()
+            if new.key() not in _NOT_COPIED:
+                yield new.key(), new.value()
             has_new = new.next()
         elif has_old and (not has_new or old.key() < new.key()):
             yield old.key(), None
             has_old = old.next()
         else:
-            if old.value() != new.value():
-                yield new.key(), new.value()
+            key = new.key()
+            if not keys.is_record_key(key) and key not in _NOT_COPIED \
+                    and old.value() != new.value():
+                yield key, new.value()
             has_old, has_new = old.next(), new.next()
 
 
 def _seal(source: "lmdb.Environment", snapshot: "lmdb.Transaction",
-          target: "lmdb.Environment", generation: int) -> int:
+          target: "lmdb.Environment", generation: int, still_ours: Callable[[], bool]) -> int:
     """Carry over what changed since ``snapshot`` and seal ``source``; return the changes."""
     while True:
         try:
             with source.begin(write=True) as txn:  # from here on, writers wait for us
+                if not still_ours():
+                    raise CompactionFailedError(
+                        f"{os.path.dirname(target.path())}: the store was deleted or replaced "
+                        "while it was being compacted. Nothing was switched; the new store "
+                        "there is left as it is.")
                 if txn.get(SEAL_KEY) is not None:
                     raise EngineError(
                         f"{generation_folder(os.path.dirname(source.path()), generation)}: "

@@ -22,6 +22,7 @@ import errno
 import glob
 import itertools
 import os
+import stat
 import threading
 import time
 from typing import Callable, Dict, Iterator, Optional, Tuple, TypeVar
@@ -32,8 +33,8 @@ from .durability import Durability
 from .errors import CorruptStoreError, ForeignFolderError
 from . import trust
 from .filesystem import ensure_local_filesystem, make_dirs
-from .generations import (DATA_FILE, LOCK_FILE, SEAL_KEY, generation_folder, parse_seal,
-                          read_current, store_exists)
+from .generations import (DATA_FILE, GENERATION_KEY, LOCK_FILE, SEAL_KEY, generation_folder,
+                          parse_seal, read_current, store_exists)
 
 T = TypeVar("T")
 
@@ -91,9 +92,13 @@ class _Handle:
         if not generation_too:
             return True
         try:
-            return read_current(self.path) <= self.generation
+            if read_current(self.path) > self.generation:
+                return False
         except CorruptStoreError:
             return True  # reported when the store is next opened; this handle still works
+        # Sealed by a compaction that has not (yet) named the new generation in CURRENT.
+        with self.env.begin() as txn:
+            return txn.get(SEAL_KEY) is None
 
 
 def _identity_of(path: str):
@@ -160,8 +165,10 @@ def open_generation(leaf: str, durability: Durability
         try:
             env = _open_environment(folder, durability, create=not generation)
         except (lmdb.Error, OSError, CorruptStoreError):
-            if generation and read_current(leaf) > generation:
-                continue  # deleted by a compaction between our look and the open: move on
+            newer = read_current(leaf)
+            if newer > generation:
+                generation = newer  # deleted by a compaction between our look and the open
+                continue
             raise
         newer = read_current(leaf)
         if newer > generation:
@@ -170,10 +177,18 @@ def open_generation(leaf: str, durability: Durability
             continue
         with env.begin() as txn:
             sealed = parse_seal(txn.get(SEAL_KEY))
+            made_by_compaction = generation == 0 or txn.get(GENERATION_KEY) is not None
         if sealed is not None:
             env.close()
             generation = sealed
             continue
+        if not made_by_compaction:
+            env.close()
+            raise CorruptStoreError(
+                f"The cache store in {leaf} names generation {generation}, but {folder} holds "
+                "an empty environment that compaction did not make (its files were deleted "
+                f"by hand?). Nothing was deleted: run `ptd verify {leaf}`, or move the folder "
+                "aside to start that cache afresh.")
         return env, generation
     raise CorruptStoreError(
         f"The cache store in {leaf} keeps changing generation ({generation} after "
@@ -228,10 +243,14 @@ def _open_environment(path: str, durability: Durability, create: bool = True
                 "user read and write access to it, or point persist_path elsewhere."
             ) from err
         raise
-    if not options["readonly"]:
-        env.reader_check()  # free read slots left behind by killed processes
-        trust.share_store_files(path, policy)  # group modes despite the umask (shared mode)
-    _check_length(path, env)
+    try:
+        if not options["readonly"]:
+            env.reader_check()  # free read slots left behind by killed processes
+            trust.share_store_files(path, policy)  # group modes despite the umask
+        _check_length(path, env)
+    except BaseException:
+        env.close()
+        raise
     return env
 
 
@@ -249,16 +268,20 @@ def reserve_lock_file(path: str) -> None:
     written, so it is safe on a lock file another process is using.
     """
     lock_file = os.path.join(path, LOCK_FILE)
+    mode = trust.current_policy().sharing.file_mode
     try:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, mode)
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise OSError(errno.ENOSPC, f"No space left on the disk of {path} to create the "
                           "cache store's lock file; free some space") from err
         return  # read-only, permissions: LMDB reports it with its own message
     try:
-        if os.fstat(fd).st_size >= LOCK_FILE_BYTES:
+        info = os.fstat(fd)
+        if info.st_size >= LOCK_FILE_BYTES:
             return
+        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)  # open() applied the umask; teammates must open it too
         try:
             os.posix_fallocate(fd, 0, LOCK_FILE_BYTES)
         except OSError as err:
@@ -322,9 +345,18 @@ class EnvironmentPool:
             finally:
                 handle.lock.release()
 
-    def newest(self, path: str, durability: Durability, prefix: bytes, after: bytes):
+    def newest(self, path: str, durability: Durability, prefix: bytes, after: bytes,
+               large: Optional[Callable[[bytes, memoryview], T]] = None,
+               large_size: int = 64 * 1024):
         """``(key, value)`` of the last key starting with ``prefix`` (``after`` sorts after all
-        of them), or None: the hit path's one lookup, without a callback."""
+        of them), or None: the hit path's one lookup, without a callback.
+
+        With ``large``, a value over ``large_size`` bytes is not copied out of the memory map:
+        ``(key, large(key, view))`` is returned, ``large`` having run inside the transaction,
+        while the view is valid. Copying a large result and then unpickling it holds two
+        copies at once, which made glibc return and re-fault the memory on every hit (1 MB
+        results loaded 6x slower than LMDB reads them).
+        """
         while True:
             handle = self._handles.get(path)
             if handle is not None and handle.durability is durability:
@@ -337,17 +369,26 @@ class EnvironmentPool:
                 handle = self._checkout(path, durability, write=False)
             try:
                 env = handle.env
+                views = large is not None
                 try:
-                    txn = env.begin()
+                    txn = env.begin(buffers=views)
                 except lmdb.MapResizedError:
                     env.set_mapsize(0)
-                    txn = env.begin()
+                    txn = env.begin(buffers=views)
                 try:
                     cursor = txn.cursor()
                     if (cursor.set_range(after) and cursor.prev()) or cursor.last():
-                        key, value = cursor.item()
-                        if key[:len(prefix)] == prefix:
-                            return key, value
+                        if not views:
+                            key, value = cursor.item()
+                            if key[:len(prefix)] == prefix:
+                                return key, value
+                        else:
+                            key = bytes(cursor.key())
+                            if key[:len(prefix)] == prefix:
+                                value = cursor.value()
+                                if len(value) > large_size:
+                                    return key, large(key, value)
+                                return key, bytes(value)
                     if txn.get(SEAL_KEY) is None:
                         return None
                 finally:

@@ -32,6 +32,9 @@ LOCK_FILE = "lock.mdb"
 CURRENT_FILE = "CURRENT"
 GENERATION_PREFIX = "gen-"
 SEAL_KEY = b"\xff\xff\xff\xff" + b"next"  # sorts with the store's metadata, after every record
+#: Written by compaction into every generation it makes: a ``gen-N`` environment without it was
+#: re-created empty (LMDB creates missing files when it opens) and is never used.
+GENERATION_KEY = b"\xff\xff\xff\xff" + b"generation"
 _GENERATION_NAME = re.compile(r"gen-([1-9][0-9]*)\Z")
 #: Folders inside a store folder that belong to the store, not to groupby leaves below it.
 STORE_INTERNAL_FOLDERS = ("locks",)
@@ -62,12 +65,16 @@ def read_current(leaf: str) -> int:
     return generation
 
 
-def write_current(leaf: str, generation: int) -> None:
-    """Name ``generation`` in ``CURRENT`` atomically and durably (write, fsync, rename)."""
+def write_current(leaf: str, generation: int, mode: int = 0o600) -> None:
+    """Name ``generation`` in ``CURRENT`` atomically and durably (write, fsync, rename).
+
+    ``mode`` is the sharing level's file mode: every user of a shared cache must read it.
+    """
     target = os.path.join(leaf, CURRENT_FILE)
     temporary = f"{target}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
+        os.fchmod(fd, mode)  # open() applies the umask
         os.write(fd, f"{generation}\n".encode("ascii"))
         os.fsync(fd)
     finally:

@@ -13,6 +13,10 @@ SEQUENCE_SIZE = 8
 PREFIX_SIZE = BUCKET_SIZE + DIGEST_SIZE
 MAX_BUCKET = 0xFFFFFFFE  # 0xFFFFFFFF is reserved for the store's own metadata
 META_KEY = b"\xff\xff\xff\xff" + b"meta"
+#: The lowest sequence a call with no record may start at: ``Store.clear`` raises it past every
+#: sequence it deleted, so a record key, once written, never comes back with another value
+#: (compaction finds what changed during a rebuild by comparing keys alone).
+FIRST_SEQUENCE_KEY = b"\xff\xff\xff\xff" + b"first-sequence"
 _LAST_SEQUENCE = b"\xff" * SEQUENCE_SIZE
 _BUCKET = struct.Struct(">I")
 _SEQUENCE = struct.Struct(">Q")
@@ -46,6 +50,14 @@ def split_key(key: bytes):
     digest = bytes(key[BUCKET_SIZE:PREFIX_SIZE])
     sequence = _SEQUENCE.unpack_from(key, PREFIX_SIZE)[0]
     return bucket, digest, sequence
+
+
+def encode_sequence(sequence: int) -> bytes:
+    return _SEQUENCE.pack(sequence)
+
+
+def decode_sequence(value) -> int:
+    return _SEQUENCE.unpack(bytes(value))[0]
 
 
 def sequence_of(key: bytes) -> int:

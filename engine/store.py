@@ -9,7 +9,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
 
 import lmdb
 
@@ -18,9 +18,10 @@ from .durability import Durability
 from .environments import POOL, EnvironmentPool, StoreMissing
 from .errors import StoreFormatError
 from .generations import store_exists, store_file_bytes
-from .records import Record, RecordKind, decode_record, encode_record
+from .records import Record, RecordKind, decode_record, decode_view, encode_record
 
 STORE_FORMAT = 1
+T = TypeVar("T")
 _TOMBSTONE = RecordKind.TOMBSTONE
 _LAST = b'\xff' * keys.SEQUENCE_SIZE
 
@@ -80,6 +81,39 @@ class Store:
         key, data = found
         record = decode_record(data, keys.sequence_of(key))
         return None if record.kind is _TOMBSTONE else record
+
+    def load_latest(self, bucket: int, digest: bytes, load: Callable[[Record], T]
+                    ) -> Optional[Tuple[Record, T]]:
+        """``(newest value record, load(record))`` of a call, or None if absent or deleted.
+
+        A large value is handed to ``load`` as a view of the store's memory map, inside the
+        read transaction, and never copied (``load`` must not keep the view: ``pickle.loads``
+        copies what it needs); the returned record's ``value_blob`` is then empty.
+        """
+        if not self.exists():
+            return None
+        prefix = keys.record_prefix(bucket, digest)
+
+        def in_place(key: bytes, view) -> Tuple[Record, Any]:
+            record = decode_view(view, keys.sequence_of(key))
+            if record.kind is _TOMBSTONE:
+                return record, None
+            return record._replace(value_blob=b""), load(record)
+
+        try:
+            found = self._pool.newest(self.path, self.durability, prefix, prefix + _LAST,
+                                      large=in_place)
+        except StoreMissing:
+            self._created = False
+            return None
+        if found is None:
+            return None
+        key, data = found
+        if isinstance(data, tuple):  # a large value, loaded in place
+            record, loaded = data
+            return None if record.kind is _TOMBSTONE else (record, loaded)
+        record = decode_record(data, keys.sequence_of(key))
+        return None if record.kind is _TOMBSTONE else (record, load(record))
 
     def scan(self, bucket: Optional[int] = None, with_values: bool = True
              ) -> Iterator[Tuple[int, bytes, Record]]:
@@ -153,7 +187,11 @@ class Store:
                 document = {"store_format": STORE_FORMAT, "created": time.time(), **meta}
                 txn.put(keys.META_KEY, json.dumps(document, sort_keys=True).encode("utf-8"))
             newest = _newest(txn, prefix)
-            sequence = keys.sequence_of(newest[0]) + 1 if newest else 0
+            if newest is not None:
+                sequence = keys.sequence_of(newest[0]) + 1
+            else:
+                first = txn.get(keys.FIRST_SEQUENCE_KEY)
+                sequence = keys.decode_sequence(first) if first is not None else 0
             txn.put(keys.record_key(prefix, sequence), payload)
             return sequence
 
@@ -192,15 +230,22 @@ class Store:
 
 def _drop_all(txn: "lmdb.Transaction") -> int:
     """Delete every record key, keeping the metadata document; return the live calls dropped
-    (counted in the same transaction, so the count is exact under concurrent writers)."""
+    (counted in the same transaction, so the count is exact under concurrent writers).
+
+    Records written later start past every sequence deleted here, so no record key is ever
+    written twice with different contents.
+    """
     tally = {"entries": 0, "versions": 0, "tombstones": 0, "live_bytes": 0, "unreadable": 0}
     cursor = txn.cursor()
     if not cursor.first():
         return 0
+    first = txn.get(keys.FIRST_SEQUENCE_KEY)
+    next_sequence = keys.decode_sequence(first) if first is not None else 0
     previous_prefix, previous = None, None
     while True:
         key = cursor.key()
         if keys.is_record_key(key):
+            next_sequence = max(next_sequence, keys.sequence_of(key) + 1)
             prefix = key[:keys.PREFIX_SIZE]
             if prefix != previous_prefix and previous is not None:
                 _tally(previous, tally)
@@ -211,6 +256,7 @@ def _drop_all(txn: "lmdb.Transaction") -> int:
             break
     if previous is not None:
         _tally(previous, tally)
+    txn.put(keys.FIRST_SEQUENCE_KEY, keys.encode_sequence(next_sequence))
     return tally["entries"]
 
 

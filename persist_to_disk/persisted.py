@@ -314,13 +314,16 @@ class PersistedFunction:
         """``(found, result)``; with ``value=False`` only whether a loadable-looking record is
         there (CHECKONLY needs no unpickling of what may be a large result)."""
         try:
-            record = store.latest(bucket, digest)
-            if record is None:
-                return False, None
             if not value:
+                record = store.latest(bucket, digest)
+                if record is None:
+                    return False, None
                 check_loadable(record.serializer, record.python_version)
                 return True, None
-            return True, loads(record.value_blob, record.serializer, record.python_version)
+            found = store.load_latest(bucket, digest, _load_value)
+            if found is None:
+                return False, None
+            return True, found[1]
         except (IncompatibleRecord, StoreFormatError) as err:
             self._warn_once(store.path, "load",
                             f"A stored result of {self.name} in {store.path} {err}; computing it "
@@ -440,6 +443,12 @@ class PersistedFunction:
 
 
 _PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_value(record: Record) -> Any:
+    """Unpickle a record's result (run by the engine inside its read transaction for large
+    results, which are then never copied out of the memory map)."""
+    return loads(record.value_blob, record.serializer, record.python_version)
 
 
 def _caller_stacklevel() -> int:

@@ -256,6 +256,69 @@ def test_a_compactor_that_died_after_sealing_still_sends_everyone_to_the_new_gen
     assert generations.existing_generations(store.path) == [report.generation_after]
 
 
+CLEAR_AND_WRITE_AGAIN = """
+from persist_to_disk.engine import Record, RecordKind, Store
+store = Store({leaf!r}, "fast")
+store.clear()
+for i in range(5):
+    store.append(i % 50, str(i).encode().rjust(16, b"0")[-16:],
+                 Record(RecordKind.VALUE, 0.0, 0.0, "pickle:5", "3", b"", b"after the clear"))
+"""
+
+
+def test_a_clear_and_new_writes_during_the_rebuild_are_what_the_new_generation_holds(
+        tmp_path, python_runner):
+    """Another process clears the store and stores the same calls again while compaction
+    copies: the new generation must hold the new values, not the ones the copy started from."""
+    store = Store(tmp_path / "leaf", "fast")
+    fill(store, 30000)
+    done = []
+
+    def meanwhile(_examined):
+        if not done:
+            done.append(python_runner(CLEAR_AND_WRITE_AGAIN.format(leaf=store.path)))
+
+    report = store.compact(progress=meanwhile)
+
+    assert done and report.carried_over > 0
+    assert [value_of(store, i) for i in range(5)] == [b"after the clear"] * 5
+    assert value_of(store, 5) is None
+    assert store.stats().entries == 5
+
+
+DIE_AFTER_SEALING = """
+import os
+from persist_to_disk.engine import compaction
+compaction.write_current = lambda *args: os._exit(9)  # killed between the seal and CURRENT
+compaction.compact({leaf!r})
+"""
+
+
+def test_a_process_holding_a_sealed_generation_compacts_the_newest_one(tmp_path, python_runner):
+    """This process has generation 0 open; another compactor sealed it and died; a third
+    process wrote into generation 1. Compacting from here must start from generation 1, not
+    rebuild the sealed 0 and delete 1 with what was written there."""
+    store = Store(tmp_path / "leaf", "fast")
+    fill(store, 100)
+    assert value_of(store, 1) is not None  # generation 0 is open here
+    died = python_runner(DIE_AFTER_SEALING.format(leaf=store.path), check=False)
+    assert died.returncode == 9
+    python_runner(f"""
+        from persist_to_disk.engine import Store, Record, RecordKind
+        Store({store.path!r}, "fast").append(7, b"written-in-gen-1",
+            Record(RecordKind.VALUE, 0.0, 0.0, "pickle:5", "3", b"", b"newer"))
+        """)
+
+    report = store.compact()
+
+    assert (report.generation_before, report.generation_after) == (1, 2)
+    assert report.kept == 101
+    assert store.latest(7, b"written-in-gen-1").value_blob == b"newer"
+    POOL.close_all()
+    assert Store(store.path).latest(7, b"written-in-gen-1").value_blob == b"newer"
+    assert generations.existing_generations(store.path) == [2]
+
+
 KILLABLE_COMPACTOR = """
 import sys, time
 from persist_to_disk.engine import compact

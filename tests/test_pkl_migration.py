@@ -124,6 +124,18 @@ def _our_calls(pipeline) -> list:
 
 
 # --- export: our cache -> 0.0.7 ---------------------------------------------------------------
+class ScriptResult:
+    """Stands for a class defined in a script: pickled as ``__main__.ScriptResult``."""
+
+    __module__ = "__main__"
+
+    def __eq__(self, other):
+        return isinstance(other, ScriptResult)
+
+    def __hash__(self):
+        return 0
+
+
 @pytest.mark.parametrize("hash_method, decorator_hashsize, export_args", [
     ("pickle", 7, []),                     # the reader's settings, recorded with each store
     ("json", 7, []),
@@ -131,19 +143,27 @@ def _our_calls(pipeline) -> list:
     ("json", 11, ["--hashsize", "3", "--hash-method", "json"]),
 ])
 def test_exported_cache_is_hit_by_the_real_0_0_7_without_calling_the_function(
-        legacy, ours, capsys, hash_method, decorator_hashsize, export_args):
+        legacy, ours, capsys, monkeypatch, hash_method, decorator_hashsize, export_args):
     pipeline = ours(hashsize=decorator_hashsize, hash_method=hash_method)
     expected = _our_calls(pipeline)
     pipeline.plain([1, 2])           # unhashable: 0.0.7 cannot hold this key
     pipeline.adder(5)                # a lambda: stored with cloudpickle
+    pipeline.grouped(10, 1)          # and below, folder '10' too: 0.0.7 cannot tell them apart
+    pipeline.grouped("10", 1)
+    monkeypatch.setattr(sys.modules["__main__"], "ScriptResult", ScriptResult, raising=False)
+    pipeline.plain(ScriptResult())   # its result holds a class only a script's __main__ has
     reader_hashsize = 3 if export_args else decorator_hashsize
 
     code = main(["export-pkl", str(ours.root()), str(legacy.root), *export_args])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert f"Exported {len(expected)} entries from 6 store(s)" in printed
-    assert "Skipped 2 entries 0.0.7 cannot hold: 1 result needs cloudpickle, 1 unhashable" \
-        in printed
+    assert f"Exported {len(expected) + 1} entries from 7 store(s)" in printed
+    script_result = ("1 key has no json hash, " if hash_method == "json" else "")
+    script_result_loaded = ("" if hash_method == "json" else
+                            "1 result uses a class or function of a script's __main__, ")
+    assert ("Skipped 4 entries 0.0.7 cannot hold: 1 another call has the same 0.0.7 key, "
+            f"{script_result}1 result needs cloudpickle, {script_result_loaded}1 unhashable"
+            ) in printed, printed
 
     served = legacy.run(f"print(repr({CALLS}))", hashsize=reader_hashsize,
                         hash_method=hash_method)

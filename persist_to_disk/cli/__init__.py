@@ -78,6 +78,10 @@ def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None,
         return stop.code if isinstance(stop.code, int) else USAGE
     name = prog if command and prog else f"{parser.prog} {args.command}"
     try:
+        # Load the settings even where a command is given a folder: they tell the engine
+        # which folders to trust (`shared`), without which a team's cache is refused.
+        from .. import config
+        config.get_shared()
         return args.run(args)
     except CommandError as err:
         print(f"{name}: {err}", file=sys.stderr)

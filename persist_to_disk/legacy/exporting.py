@@ -8,13 +8,17 @@ the whole export. An entry already in the file under the same key is replaced by
 other entry of the file is kept. A bucket file that cannot be loaded is left untouched and
 reported (0.0.7 itself would replace it with an empty one).
 
-Results are not unpickled: each goes into the file as the pickle bytes we stored (see
-:class:`~.buckets.StoredValue`), so any result can be exported whatever classes ptd can import.
-Skipped, and counted by reason: keys 0.0.7 cannot hold (unhashable values, ``*args``), keys we
-did not record, and results stored with cloudpickle (0.0.7 does not depend on cloudpickle, and a
-bucket it cannot load is a bucket it empties).
+Each result goes into the file as the pickle bytes we stored (see
+:class:`~.buckets.StoredValue`), after a test load here: a bucket 0.0.7 cannot load is a bucket
+it empties, with the entries it already held, so a result that does not load (its module is not
+importable here, or it uses a class of a script's ``__main__``) is skipped. Run the export
+where the project's modules import. Skipped, and counted by reason: keys 0.0.7 cannot hold
+(unhashable values, ``*args``), two calls that 0.0.7 would spell alike (groupby values ``1``
+and ``'1'`` share a folder), keys we did not record, results stored with cloudpickle (0.0.7
+does not depend on it) and results that do not load.
 """
 
+import io
 import os
 import pickle
 from collections import Counter
@@ -57,6 +61,7 @@ def _plan(store: Store, hashsize: int, hash_method: str, skipped: Counter,
     """Group the store's live entries by 0.0.7 bucket: ``{bucket: [(our bucket, digest,
     0.0.7 key)]}``. Only keys are read here; results are read bucket by bucket when written."""
     plan: Dict[int, List[Tuple[int, bytes, tuple]]] = {}
+    seen = set()
     for our_bucket, digest, record in store.scan(with_values=False):
         if progress:
             progress(1)
@@ -81,17 +86,62 @@ def _plan(store: Store, hashsize: int, hash_method: str, skipped: Counter,
         except Exception:  # pickle or JSON cannot hash it: 0.0.7 would have raised too
             skipped[f"key has no {hash_method} hash"] += 1
             continue
+        if legacy_key in seen:
+            # e.g. groupby values 1 and '1' (one folder), or a Namespace and its JSON text:
+            # 0.0.7 cannot tell the calls apart, so only the first one is exported.
+            skipped["another call has the same 0.0.7 key"] += 1
+            continue
+        seen.add(legacy_key)
         plan.setdefault(bucket, []).append((our_bucket, digest, legacy_key))
     return plan
 
 
+class _NotPortable(Exception):
+    pass
+
+
+class _PortabilityCheck(pickle.Unpickler):
+    """Loads a result the way a 0.0.7 reader will, refusing classes of a script's
+    ``__main__`` (the reader's ``__main__`` is another script)."""
+
+    def find_class(self, module, name):
+        if module in ("__main__", "__mp_main__"):
+            raise _NotPortable("result uses a class or function of a script's __main__")
+        return super().find_class(module, name)
+
+
+def _unloadable(blob) -> Optional[str]:
+    """Why 0.0.7 could not load this result, or None.
+
+    One result that cannot be unpickled makes 0.0.7 discard its whole bucket file, with the
+    entries already in it, so nothing is exported that does not load here (run the export
+    where the results' modules are importable: the project's environment and folder).
+    """
+    try:
+        _PortabilityCheck(io.BytesIO(bytes(blob))).load()
+    except _NotPortable as err:
+        return str(err)
+    except Exception as err:
+        return f"result cannot be loaded here ({type(err).__name__})"
+    return None
+
+
 def _merge_bucket(store: Store, dest_leaf: str, bucket: int,
-                  entries: List[Tuple[int, bytes, tuple]], report: ExportReport) -> None:
+                  entries: List[Tuple[int, bytes, tuple]], report: ExportReport,
+                  skipped: Counter) -> None:
     values = {}
     for our_bucket, digest, legacy_key in entries:
         record = store.latest(our_bucket, digest)  # the newest, even if recomputed meanwhile
-        if record is not None and not record.serializer.startswith("cloudpickle"):
-            values[legacy_key] = buckets.StoredValue(record.value_blob)
+        if record is None:
+            continue
+        if not record.serializer.startswith("pickle"):
+            skipped["result needs cloudpickle"] += 1
+            continue
+        reason = _unloadable(record.value_blob)
+        if reason is not None:
+            skipped[reason] += 1
+            continue
+        values[legacy_key] = buckets.StoredValue(record.value_blob)
     if not values:
         return
     path = buckets.bucket_path(dest_leaf, bucket)
@@ -139,7 +189,7 @@ def export_tree(source: str, destination: str, *, hashsize: Optional[int] = None
         dest_leaf = os.path.normpath(os.path.join(destination, os.path.relpath(leaf, source)))
         plan = _plan(store, size, method, skipped, progress)
         for bucket in sorted(plan):
-            _merge_bucket(store, dest_leaf, bucket, plan[bucket], report)
+            _merge_bucket(store, dest_leaf, bucket, plan[bucket], report, skipped)
         report.stores += 1
     report.skipped = dict(skipped)
     return report
