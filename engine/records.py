@@ -134,11 +134,5 @@ def decode_view(data, sequence: int = 0) -> Record:
 def _decode_buffer(data, sequence: int, with_value: bool) -> Record:
     """:func:`decode_record` of a buffer (a memoryview of a large value, say): the fields
     before the value are copied to decode them, the value once, as its own bytes."""
-    try:
-        n_ser, n_py, n_key = _unpack_header(data, 0)[4:]
-    except struct.error:
-        raise StoreFormatError(
-            f"record of {len(data)} bytes is shorter than its header") from None
-    key_end = _HEADER_SIZE + n_ser + n_py + n_key
-    record = decode_record(bytes(data[:key_end]), sequence, with_value=False)
-    return record._replace(value_blob=bytes(data[key_end:])) if with_value else record
+    record = decode_view(data, sequence)
+    return record._replace(value_blob=bytes(record.value_blob) if with_value else b"")

@@ -68,14 +68,7 @@ class Store:
     # --- reading --------------------------------------------------------------------------
     def latest(self, bucket: int, digest: bytes) -> Optional[Record]:
         """The newest value record of a call, or None if absent or deleted."""
-        if not self.exists():
-            return None
-        prefix = keys.record_prefix(bucket, digest)
-        try:
-            found = self._pool.newest(self.path, self.durability, prefix, prefix + _LAST)
-        except StoreMissing:
-            self._created = False
-            return None
+        found = self._find_newest(bucket, digest)
         if found is None:
             return None
         key, data = found
@@ -90,22 +83,13 @@ class Store:
         read transaction, and never copied (``load`` must not keep the view: ``pickle.loads``
         copies what it needs); the returned record's ``value_blob`` is then empty.
         """
-        if not self.exists():
-            return None
-        prefix = keys.record_prefix(bucket, digest)
-
         def in_place(key: bytes, view) -> Tuple[Record, Any]:
             record = decode_view(view, keys.sequence_of(key))
             if record.kind is _TOMBSTONE:
                 return record, None
             return record._replace(value_blob=b""), load(record)
 
-        try:
-            found = self._pool.newest(self.path, self.durability, prefix, prefix + _LAST,
-                                      large=in_place)
-        except StoreMissing:
-            self._created = False
-            return None
+        found = self._find_newest(bucket, digest, in_place)
         if found is None:
             return None
         key, data = found
@@ -114,6 +98,18 @@ class Store:
             return None if record.kind is _TOMBSTONE else (record, loaded)
         record = decode_record(data, keys.sequence_of(key))
         return None if record.kind is _TOMBSTONE else (record, load(record))
+
+    def _find_newest(self, bucket: int, digest: bytes, large=None):
+        """``(key, value)`` of the call's newest record (see ``EnvironmentPool.newest``)."""
+        if not self.exists():
+            return None
+        prefix = keys.record_prefix(bucket, digest)
+        try:
+            return self._pool.newest(self.path, self.durability, prefix, prefix + _LAST,
+                                     large=large)
+        except StoreMissing:
+            self._created = False
+            return None
 
     def scan(self, bucket: Optional[int] = None, with_values: bool = True
              ) -> Iterator[Tuple[int, bytes, Record]]:

@@ -1,5 +1,7 @@
 """Small helpers shared by tests (importable as ``helpers`` since pytest puts tests/ on sys.path)."""
 
+import fcntl
+import os
 from pathlib import Path
 from typing import List
 
@@ -28,3 +30,18 @@ def counting(**options):
         return (x, len(calls))
 
     return compute, calls
+
+
+def flock_held_elsewhere(path) -> bool:
+    """Whether another open file description (another process, or a lock object of ours) holds
+    the ``flock`` on ``path``: a fresh descriptor of our own tries it without waiting."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

@@ -19,7 +19,6 @@ fails the test instead of hanging it.
 
 import collections
 import contextlib
-import fcntl
 import multiprocessing
 import os
 import queue
@@ -31,6 +30,7 @@ import time
 import pytest
 
 import concurrency_workers as workers
+from helpers import flock_held_elsewhere
 import persist_to_disk as ptd
 from persist_to_disk.engine import POOL, lock_path
 
@@ -130,17 +130,8 @@ def lock_is_held_by_another_process(function, x) -> bool:
     """Whether someone holds the ``flock`` that a miss of ``function(x)`` would wait for."""
     persisted = function.__persisted__
     store, bucket, _, _ = persisted.locate((x,), {})
-    path = lock_path(persisted.scope, store.path, bucket, persisted.project_root)
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return flock_held_elsewhere(lock_path(persisted.scope, store.path, bucket,
+                                          persisted.project_root))
 
 
 def overlap(first: dict, second: dict) -> bool:

@@ -14,7 +14,6 @@
   deleted under them, and bounded in open descriptors.
 """
 
-import fcntl
 import math
 import os
 import subprocess
@@ -27,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import persist_to_disk as ptd
+from helpers import flock_held_elsewhere
 from persist_to_disk.engine import Record, RecordKind, StoreFormatError, locks
 from persist_to_disk.engine.records import decode_record, encode_record
 from persist_to_disk.keying import CallKeyer, call_digest
@@ -219,20 +219,6 @@ def test_record_decoding_refuses_what_it_cannot_read():
 
 
 # --- scope locks ------------------------------------------------------------------------------
-def held_elsewhere(path) -> bool:
-    """Whether a descriptor of our own (another open file description) can lock ``path``."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
 HOLDER = """
     import sys, time
     from persist_to_disk.engine.locks import scope_lock
@@ -267,9 +253,9 @@ def test_a_lock_is_reentrant_in_its_thread_and_released_by_the_outermost_release
     inner = locks.scope_lock(path, timeout=0)
     inner.acquire()  # a nested cached call under the same lock: no deadlock
     inner.release()
-    assert held_elsewhere(path), "the inner release unlocked the outer hold"
+    assert flock_held_elsewhere(path), "the inner release unlocked the outer hold"
     outer.release()
-    assert not held_elsewhere(path)
+    assert not flock_held_elsewhere(path)
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
 
 
@@ -305,7 +291,7 @@ def test_another_process_holding_the_lock_excludes_us_until_it_dies(tmp_path, ho
     process.kill()
     process.wait()
     with locks.scope_lock(str(path), timeout=5):  # the kernel released the dead holder's lock
-        assert held_elsewhere(path)
+        assert flock_held_elsewhere(path)
 
 
 def test_a_lock_file_deleted_under_a_kept_descriptor_is_opened_again(tmp_path, holder):
@@ -347,9 +333,9 @@ def test_a_forked_child_neither_inherits_nor_releases_the_parents_lock(tmp_path)
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert held_elsewhere(path), "the child released the parent's lock"
+    assert flock_held_elsewhere(path), "the child released the parent's lock"
     hold.release()
-    assert not held_elsewhere(path)
+    assert not flock_held_elsewhere(path)
 
 
 def test_open_lock_files_are_bounded_but_held_ones_stay_open(tmp_path, monkeypatch):
@@ -368,7 +354,7 @@ def test_open_lock_files_are_bounded_but_held_ones_stay_open(tmp_path, monkeypat
     holds = [locks.scope_lock(path) for path in paths[:5]]
     for hold in holds:
         hold.acquire()
-    assert all(held_elsewhere(path) for path in paths[:5])  # none closed while held
+    assert all(flock_held_elsewhere(path) for path in paths[:5])  # none closed while held
     for hold in holds:
         hold.release()
     with locks.scope_lock(paths[5]):

@@ -78,9 +78,8 @@ def run(args) -> int:
               + (f" ({report.replaced} replaced an entry with the same key)."
                  if report.replaced else "."))
         if report.skipped:
-            reasons = ", ".join(f"{count} {reason}" for reason, count in
-                                sorted(report.skipped.items()))
-            print(f"Skipped {report.skipped_total} entries 0.0.7 cannot hold: {reasons}.")
+            print(f"Skipped {report.skipped_total} entries 0.0.7 cannot hold: "
+                  f"{output.counted(report.skipped)}.")
     for failure in report.failed_files:
         output.warn(f"ptd export-pkl: {failure}")
     return FAILURE if report.failed_files else OK

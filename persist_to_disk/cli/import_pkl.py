@@ -66,9 +66,7 @@ def run(args) -> int:
               + (f"; {report.already_stored} were already stored and kept as they were."
                  if report.already_stored else "."))
         if report.skipped:
-            reasons = ", ".join(f"{count} {reason}" for reason, count in
-                                sorted(report.skipped.items()))
-            print(f"Skipped {report.skipped_total} entries: {reasons}.")
+            print(f"Skipped {report.skipped_total} entries: {output.counted(report.skipped)}.")
         if report.failed_files:
             print(f"{len(report.failed_files)} bucket file(s) could not be read and were "
                   "skipped (listed on stderr).")

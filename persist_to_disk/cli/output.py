@@ -32,3 +32,8 @@ def paragraph(text: str, width: int = 79) -> str:
     examples as written, so descriptions are wrapped here)."""
     import textwrap
     return textwrap.fill(" ".join(text.split()), width)
+
+
+def counted(reasons: dict) -> str:
+    """``{"reason": n}`` as ``"n reason, m other reason"`` (sorted by reason)."""
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
