@@ -6,7 +6,7 @@ fast setting (the standard figure is shown beside it).
 """
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 from .adapters import OURS, OURS_FAST
 from .measurements import Results
@@ -30,15 +30,23 @@ def _why_missing(results: Results, scenario: str, library: str, metric: str, par
     return f"{library}: {reason}" if reason else f"{library}: not run"
 
 
+def _medians(results: Results, scenario: str, metric: str, libraries: Tuple[str, ...],
+             params=None) -> Union[Tuple[float, ...], str]:
+    """The libraries' medians, or why some are missing (one text for all of them)."""
+    values = tuple(results.median(scenario, lib, metric, params) for lib in libraries)
+    if any(value is None for value in values):
+        return "; ".join(_why_missing(results, scenario, lib, metric, params)
+                         for lib, value in zip(libraries, values) if value is None)
+    return values
+
+
 def _faster(results: Results, text: str, scenario: str, metric: str, ours: str, theirs: str,
             factor: float, params=None, unit: str = "µs") -> Target:
     """Met if ``theirs / ours >= factor`` (costs: lower is better)."""
-    mine = results.median(scenario, ours, metric, params)
-    other = results.median(scenario, theirs, metric, params)
-    if mine is None or other is None:
-        missing = [_why_missing(results, scenario, lib, metric, params)
-                   for lib, value in ((ours, mine), (theirs, other)) if value is None]
-        return Target(text, "not measured", "; ".join(missing))
+    medians = _medians(results, scenario, metric, (ours, theirs), params)
+    if isinstance(medians, str):
+        return Target(text, "not measured", medians)
+    mine, other = medians
     ratio = other / mine
     status = "met" if ratio >= factor else "NOT met"
     return Target(text, status, f"{mine:.2f} {unit} vs {other:.2f} {unit}: {ratio:.2f}× "
@@ -76,12 +84,10 @@ def evaluate(results: Results, settings: Settings) -> List[Target]:
 def _within(results: Results, text: str, scenario: str, metric: str, ours: str, floor: str,
             factor: float, lower_is_better: bool, params=None, unit: str = "µs") -> Target:
     """Met if ours is no more than ``factor`` times worse than ``floor``."""
-    mine = results.median(scenario, ours, metric, params)
-    best = results.median(scenario, floor, metric, params)
-    if mine is None or best is None:
-        missing = [_why_missing(results, scenario, lib, metric, params)
-                   for lib, value in ((ours, mine), (floor, best)) if value is None]
-        return Target(text, "not measured", "; ".join(missing))
+    medians = _medians(results, scenario, metric, (ours, floor), params)
+    if isinstance(medians, str):
+        return Target(text, "not measured", medians)
+    mine, best = medians
     worse = mine / best if lower_is_better else best / mine
     status = "met" if worse <= factor else "NOT met"
     return Target(text, status, f"{mine:.2f} {unit} vs {best:.2f} {unit}: {worse:.2f}× "

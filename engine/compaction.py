@@ -41,10 +41,9 @@ from .environments import (INITIAL_MAP_SIZE, MAX_GENERATION_HOPS, MAX_READERS, P
 from .errors import EngineError, StoreFormatError
 from . import trust
 from .filesystem import make_dirs
-from .generations import (DATA_FILE, GENERATION_KEY, GENERATION_PREFIX, LOCK_FILE, SEAL_KEY,
-                          encode_seal,
-                          existing_generations, generation_folder, read_current,
-                          store_exists, store_file_bytes, write_current)
+from .generations import (DATA_FILE, GENERATION_KEY, LOCK_FILE, SEAL_KEY, encode_seal,
+                          generation_folder, generation_folders, read_current, store_exists,
+                          store_file_bytes, write_current)
 from .records import RecordKind, decode_record
 
 MAINTENANCE_LOCK = "maintenance.lock"
@@ -446,11 +445,7 @@ def _apply(txn: "lmdb.Transaction", changes: List[Tuple[bytes, Optional[bytes]]]
 # --- removing old generations -------------------------------------------------------------
 def _highest_folder(leaf: str) -> int:
     """The highest generation number of any ``gen-N`` folder, complete or not (never reuse)."""
-    highest = 0
-    for name in os.listdir(leaf):
-        if name.startswith(GENERATION_PREFIX) and name[len(GENERATION_PREFIX):].isdigit():
-            highest = max(highest, int(name[len(GENERATION_PREFIX):]))
-    return highest
+    return max(generation_folders(leaf), default=0)
 
 
 def _remove_generation(leaf: str, generation: int) -> None:
@@ -469,10 +464,8 @@ def _remove_generation(leaf: str, generation: int) -> None:
 def _remove_other_generations(leaf: str, in_use: int) -> None:
     """Delete generations left behind: superseded ones whose removal failed, and partial
     rebuilds of a compactor that died. Runs under the maintenance lock."""
-    for name in os.listdir(leaf):
-        if name.startswith(GENERATION_PREFIX) and name[len(GENERATION_PREFIX):].isdigit():
-            generation = int(name[len(GENERATION_PREFIX):])
-            if generation != in_use:
-                _remove_generation(leaf, generation)
+    for generation in generation_folders(leaf):
+        if generation != in_use:
+            _remove_generation(leaf, generation)
     if in_use:
         _remove_generation(leaf, 0)

@@ -91,18 +91,22 @@ def _fsync_folder(path: str) -> None:
         os.close(fd)
 
 
-def existing_generations(leaf: str) -> List[int]:
-    """Every generation with a data file in ``leaf``, in increasing order."""
-    found = [0] if os.path.isfile(os.path.join(leaf, DATA_FILE)) else []
+def generation_folders(leaf: str) -> List[int]:
+    """The number of every ``gen-N`` folder in ``leaf``, complete or not, in increasing order."""
     try:
         names = os.listdir(leaf)
     except (FileNotFoundError, NotADirectoryError):
-        return found
-    for name in names:
-        match = _GENERATION_NAME.match(name)
-        if match and os.path.isfile(os.path.join(leaf, name, DATA_FILE)):
-            found.append(int(match.group(1)))
-    return sorted(found)
+        return []
+    matches = (_GENERATION_NAME.match(name) for name in names)
+    return sorted(int(match.group(1)) for match in matches if match)
+
+
+def existing_generations(leaf: str) -> List[int]:
+    """Every generation with a data file in ``leaf``, in increasing order."""
+    found = [0] if os.path.isfile(os.path.join(leaf, DATA_FILE)) else []
+    return found + [generation for generation in generation_folders(leaf)
+                    if os.path.isfile(os.path.join(generation_folder(leaf, generation),
+                                                   DATA_FILE))]
 
 
 def store_exists(leaf: str) -> bool:
