@@ -20,7 +20,7 @@ from .errors import (
 from .filesystem import ensure_local_filesystem, make_private_dirs
 from .generations import find_stores, is_store_folder, store_exists, store_file_bytes
 from .keys import DIGEST_SIZE, MAX_BUCKET
-from .locks import LockScope, Timeout, lock_path, scope_lock
+from .locks import LockScope, Timeout, compute_lock, lock_place, scope_lock
 from .records import Record, RecordKind
 from .store import Store, StoreStats
 from .trust import Sharing, TrustPolicy, check_trusted
@@ -32,5 +32,6 @@ __all__ = [
     "EnvironmentPool", "ForeignFolderError", "LockScope", "Record", "RecordKind", "Store",
     "Sharing", "StoreFormatError", "StoreStats", "Timeout", "TrustPolicy",
     "UnsafeFilesystemError", "UntrustedFolderError", "check_folder", "check_trusted",
-    "ensure_local_filesystem", "lock_path", "make_private_dirs", "scope_lock", "store_exists",
+    "compute_lock", "ensure_local_filesystem", "lock_place", "make_private_dirs", "scope_lock",
+    "store_exists",
 ]

@@ -9,45 +9,58 @@ compacting copy), and then switches every process over:
 1. Under the leaf's maintenance lock (one compaction at a time), open a read snapshot of the
    generation in use and copy what is kept into ``gen-N+1``. Readers and writers go on in the
    old generation meanwhile.
+   The snapshot is then closed; what it held is kept as the newest record key of every call
+   (28 bytes a call) and the store's own documents.
 2. Begin a write transaction on the old generation. LMDB serialises writers, so from here on
    nobody else writes. Copy the difference between the snapshot and this transaction (what was
    written, or cleared, during step 1) into the new generation, flush it to disk, then put the
    seal (the new generation's number) and commit. A writer waits at most for this step.
-3. Write ``CURRENT`` and delete the old generation. Processes that still have it open find the
-   seal (writes: in their own transaction; reads: when they find nothing, and in their periodic
-   check) and reopen the new one. Unlinked files stay readable to whoever still maps them.
+   Another process may have grown the map meanwhile: adopting that (``set_mapsize(0)``) remaps
+   the file and would invalidate a snapshot still open, which is why none is.
+3. Mark the new generation switched (``SWITCHED_KEY``: how the store finds it without
+   ``CURRENT``), write ``CURRENT`` and delete the old generation. Processes that still have it
+   open find the seal (writes: in their own transaction; reads: when they find nothing, and in
+   their periodic check) and reopen the new one. Unlinked files stay readable to whoever still
+   maps them.
 
 A crash at any point loses nothing: before the seal the old generation is complete and in use
 (the partial new one is deleted by the next compaction); after it the new one is complete and
-the seal sends everyone there, even if ``CURRENT`` was not written yet.
+the seal sends everyone there, even if ``CURRENT`` was not written yet. A generation is deleted
+only when proven superseded (sealed) or proven never used (a rebuild that was never switched
+to); anything else found beside the store is left alone.
 """
 
 import contextlib
+import errno
 import math
 import os
 import shutil
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import lmdb
 from filelock import FileLock
 
 from . import keys
 from .durability import Durability
-from .environments import (INITIAL_MAP_SIZE, MAX_GENERATION_HOPS, MAX_READERS, POOL,
-                           EnvironmentPool, _file_identity, reserve_lock_file)
-from .errors import EngineError, StoreFormatError
+from .environments import (MAX_GENERATION_HOPS, MAX_READERS, POOL, EnvironmentPool,
+                           _file_identity, _open_environment, begin_transaction,
+                           create_data_file, error_number, initial_map_size, open_lmdb,
+                           reserve_lock_file)
+from .errors import CorruptStoreError, EngineError, StoreFormatError
 from . import trust
 from .filesystem import make_dirs
-from .generations import (DATA_FILE, GENERATION_KEY, LOCK_FILE, SEAL_KEY, encode_seal,
-                          generation_folder, generation_folders, read_current, store_exists,
+from .generations import (BUILT_FROM_KEY, DATA_FILE, GENERATION_KEY, GENERATION_KEYS, LOCK_FILE,
+                          SEAL_KEY, SWITCHED_KEY, encode_seal, generation_folder,
+                          generation_folders, parse_seal, read_current, store_exists,
                           store_file_bytes, write_current)
 from .records import RecordKind, decode_record
 
 MAINTENANCE_LOCK = "maintenance.lock"
-_NOT_COPIED = (SEAL_KEY, GENERATION_KEY)
+_NOT_COPIED = GENERATION_KEYS  # each generation's own bookkeeping
+_RECORD_KEY_SIZE = keys.PREFIX_SIZE + keys.SEQUENCE_SIZE
 _BATCH_RECORDS = 20_000
 _BATCH_BYTES = 64 << 20
 _PAGE = 4096
@@ -185,20 +198,22 @@ class _Plan:
             self.estimate += stored[index]
         self.estimate = math.ceil(self.estimate * 1.02 / _PAGE) * _PAGE  # branch pages
 
-    def kept_records(self, txn: "lmdb.Transaction") -> Iterator[Tuple[bytes, bytes, int]]:
-        """Yield ``(key, value, versions examined)`` of the newest record of each kept call."""
+    def kept_records(self, txn: "lmdb.Transaction"
+                     ) -> Iterator[Tuple[bytes, bytes, int, bool]]:
+        """Yield ``(key, value, versions examined, kept)`` of the newest record of each call
+        (and ``(key, value, 0, True)`` of each of the store's own documents)."""
         candidate = 0
         for key, value, versions in _calls(txn):
             if not versions:
-                yield key, value, 0
+                yield key, value, 0, True
                 continue
             decision, _ = _decide(value, self.cutoff)
             if decision in (_TOMBSTONE, _EXPIRED):
-                yield b"", b"", versions
+                yield key, value, versions, False
                 continue
             gone = self._evicted[candidate]
             candidate += 1
-            yield (b"", b"", versions) if gone else (key, value, versions)
+            yield key, value, versions, not gone
 
 
 def _evict(created: array, sizes: array, unreadable: bytearray,
@@ -227,17 +242,19 @@ def compact(leaf: str, policy: Optional[CompactionPolicy] = None, *, dry_run: bo
             pool: EnvironmentPool = POOL) -> CompactionReport:
     """Rebuild the store in ``leaf`` into a new generation; see the module docstring.
 
-    Safe while other processes read and write the store. ``progress`` is called with the
-    number of records examined since its last call. ``dry_run`` only reports what would go.
+    Safe while other processes read and write the store (and grow its map). ``progress`` is
+    called with the number of records examined since its last call. ``dry_run`` only reports
+    what would go.
     """
     leaf = os.path.abspath(leaf)
     policy = policy or CompactionPolicy()
+    durability = Durability.parse(durability)
     if not store_exists(leaf):
         raise NoStoreError(f"There is no cache store in {leaf}. `ptd ls` lists the stores.")
     if dry_run:
         with _current_handle(pool, leaf, durability) as handle:
             bytes_before = store_file_bytes(leaf)
-            with handle.env.begin() as snapshot:
+            with begin_transaction(handle.env) as snapshot:
                 plan = _Plan(snapshot, policy, time.time())
             return _report(leaf, True, bytes_before, plan.estimate, plan, 0,
                            handle.generation, handle.generation)
@@ -247,44 +264,98 @@ def compact(leaf: str, policy: Optional[CompactionPolicy] = None, *, dry_run: bo
             old = handle.generation
             new = max(old, _highest_folder(leaf)) + 1  # numbers are never reused
             if read_current(leaf) < old:
-                write_current(leaf, old, sharing.file_mode)  # a compactor died after sealing
-            _remove_other_generations(leaf, old)
+                write_current(leaf, old, sharing.file_mode)  # a compactor died after sealing,
+                # or CURRENT was deleted: name the generation in use before deleting any other
+            _remove_other_generations(leaf, old, durability)
             bytes_before = store_file_bytes(leaf)
-            folder = generation_folder(leaf, new)
-            sealed = False
+            sealed = switched = False
             try:
-                snapshot = handle.env.begin()
-                try:
-                    plan = _Plan(snapshot, policy, time.time())
-                    try:
-                        target = _create_generation(folder, handle.env.info()["map_size"])
-                        try:
-                            _copy(snapshot, target, plan, new, progress)
-                            carried = _seal(handle.env, snapshot, target, new,
-                                            lambda: _unchanged(leaf, handle))
-                            sealed = True
-                        finally:
-                            target.close()
-                    except (lmdb.Error, OSError, CompactionFailedError) as err:
-                        # Not sealed: the old generation is complete and still in use.
-                        shutil.rmtree(folder, ignore_errors=True)
-                        if isinstance(err, CompactionFailedError):
-                            raise
-                        raise CompactionFailedError(
-                            f"Could not compact {leaf}: {err}. Nothing was changed; the store "
-                            f"is as it was. Compaction needs free space for a copy of the "
-                            f"records it keeps (about {plan.estimate:,} bytes) beside it."
-                        ) from err
-                finally:
-                    snapshot.abort()
+                plan, carried, switched = _rebuild(handle, leaf, policy, old, new, progress)
+                sealed = True
                 handle.env.sync(True)  # the seal is on disk before CURRENT names the new one
                 write_current(leaf, new, sharing.file_mode)
             finally:
                 if sealed:
                     pool.retire(handle)  # this process, too, reopens at the new generation
-        if _unchanged(leaf, handle):
+        # Without the switch mark the old generation's seal is the proof of where the store
+        # went, besides CURRENT: it is kept (the next compaction deletes it).
+        if switched and _unchanged(leaf, handle):
             _remove_generation(leaf, old)
     return _report(leaf, False, bytes_before, store_file_bytes(leaf), plan, carried, old, new)
+
+
+def _rebuild(handle, leaf: str, policy: CompactionPolicy, old: int, new: int,
+             progress: Optional[Callable[[int], None]]) -> Tuple[_Plan, int, bool]:
+    """Copy the store into generation ``new``, carry over what changed meanwhile and seal the
+    old one: ``(plan, records carried over, marked switched)``.
+
+    Raises only while the old generation is unsealed (complete and still in use), having
+    removed the new one.
+    """
+    folder = generation_folder(leaf, new)
+    plan: Optional[_Plan] = None
+    target: Optional[lmdb.Environment] = None
+    try:
+        snapshot = begin_transaction(handle.env)
+        try:
+            plan = _Plan(snapshot, policy, time.time())
+            target = _create_generation(folder, handle.env.info()["map_size"])
+            before = _copy(snapshot, target, plan, new, old, progress)
+        finally:
+            # Closed before anything writes to the store it read: a map grown by another
+            # process meanwhile is adopted with set_mapsize(0), which would invalidate it.
+            snapshot.abort()
+        carried = _seal(handle.env, before, target, new, lambda: _unchanged(leaf, handle))
+    except BaseException as err:
+        if target is not None:
+            target.close()
+        if not _sealed_to(handle.env, new):  # if it is, the new generation is the store now
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(err, (lmdb.Error, OSError)) and not isinstance(err, EngineError):
+            raise CompactionFailedError(_failure_message(leaf, err, plan)) from err
+        raise
+    try:
+        switched = _mark_switched(target, new)
+    finally:
+        target.close()
+    return plan, carried, switched
+
+
+def _failure_message(leaf: str, err: BaseException, plan: Optional[_Plan]) -> str:
+    """Why a compaction failed, naming its real cause (a full disk is one of several)."""
+    code = error_number(err)
+    unchanged = "Nothing was changed; the store is as it was."
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        needed = f" (about {plan.estimate:,} bytes)" if plan is not None else ""
+        return (f"Could not compact {leaf}: the disk is full ({err}). {unchanged} Compaction "
+                f"needs free space beside the store for a copy of the records it keeps{needed}.")
+    if code in (errno.EMFILE, errno.ENFILE):
+        return (f"Could not compact {leaf}: too many open files ({err}). {unchanged} Raise the "
+                "limit (`ulimit -n`) and run it again.")
+    return f"Could not compact {leaf}: {type(err).__name__}: {err}. {unchanged}"
+
+
+def _sealed_to(env: "lmdb.Environment", generation: int) -> bool:
+    """Whether ``env`` is sealed to ``generation`` (True when that cannot be read: keep what
+    may be in use)."""
+    try:
+        with begin_transaction(env) as txn:
+            seal = txn.get(SEAL_KEY)
+        return seal is not None and bytes(seal) == encode_seal(generation)
+    except Exception:
+        return True
+
+
+def _mark_switched(target: "lmdb.Environment", generation: int) -> bool:
+    """Write ``SWITCHED_KEY`` into the new generation, now that the old one is sealed, and
+    flush it; return whether that worked (a full disk may refuse it: the seal still proves the
+    switch for as long as the old generation is kept)."""
+    try:
+        _write(target, lambda txn: txn.put(SWITCHED_KEY, encode_seal(generation)))
+        target.sync(True)
+        return True
+    except (lmdb.Error, OSError):
+        return False
 
 
 @contextlib.contextmanager
@@ -298,7 +369,7 @@ def _current_handle(pool: EnvironmentPool, leaf: str, durability: Durability):
     """
     for _ in range(MAX_GENERATION_HOPS):
         with pool.exclusive(leaf, durability) as handle:
-            with handle.env.begin() as txn:
+            with begin_transaction(handle.env) as txn:
                 sealed = txn.get(SEAL_KEY) is not None
             if not sealed and read_current(leaf) <= handle.generation:
                 yield handle
@@ -323,13 +394,15 @@ def _report(leaf: str, dry_run: bool, before: int, after: int, plan: _Plan, carr
 
 def _create_generation(folder: str, map_size: int) -> "lmdb.Environment":
     """A new, empty environment for the rebuild. It is flushed once at the end (``_seal``),
-    so the bulk copy runs without a sync per transaction."""
+    so the bulk copy runs without a sync per transaction. Its data file appears with its meta
+    pages written (``create_data_file``), as every store's does."""
     if os.path.exists(folder):
         shutil.rmtree(folder)  # a partial rebuild by a compactor that died
     sharing = trust.current_policy().sharing
     make_dirs(folder, sharing.folder_mode)
+    create_data_file(folder, sharing.file_mode)
     reserve_lock_file(folder)
-    env = lmdb.open(folder, map_size=max(map_size, INITIAL_MAP_SIZE), subdir=True,
+    env = open_lmdb(folder, map_size=max(map_size, initial_map_size()), subdir=True,
                     readahead=False, meminit=False, max_readers=MAX_READERS,
                     max_spare_txns=0, sync=False, metasync=False, mode=sharing.file_mode)
     trust.share_store_files(folder)
@@ -340,16 +413,38 @@ def _write(env: "lmdb.Environment", action: Callable[["lmdb.Transaction"], None]
     """One write transaction, growing the map and retrying when it is full."""
     while True:
         try:
-            with env.begin(write=True) as txn:
+            with begin_transaction(env, write=True) as txn:
                 action(txn)
             return
-        except lmdb.MapFullError:
+        except lmdb.MapFullError:  # aborted: no transaction of env is open
             env.set_mapsize(env.info()["map_size"] * 2)
 
 
+class _Snapshot:
+    """What the copy read, kept once its read transaction is closed: the snapshot's
+    transaction id, the newest record key of every call (packed, 28 bytes a call, in key
+    order) and the store's own documents with their values."""
+
+    __slots__ = ("txnid", "newest", "documents")
+
+    def __init__(self, txnid: int) -> None:
+        self.txnid = txnid
+        self.newest = bytearray()
+        self.documents: Dict[bytes, bytes] = {}
+
+    def add(self, key: bytes, value: bytes, versions: int) -> None:
+        if versions:
+            self.newest += key
+        else:
+            self.documents[bytes(key)] = bytes(value)
+
+
 def _copy(snapshot: "lmdb.Transaction", target: "lmdb.Environment", plan: _Plan,
-          generation: int, progress: Optional[Callable[[int], None]]) -> None:
-    """Append the kept records and the store's own documents, in key order."""
+          generation: int, source: int, progress: Optional[Callable[[int], None]]
+          ) -> _Snapshot:
+    """Append the kept records and the store's own documents, in key order; return what the
+    snapshot held (for :func:`_differences`)."""
+    before = _Snapshot(snapshot.id())
     batch: List[Tuple[bytes, bytes]] = []
     batch_bytes = examined = 0
 
@@ -362,53 +457,89 @@ def _copy(snapshot: "lmdb.Transaction", target: "lmdb.Environment", plan: _Plan,
             progress(examined)
         batch, batch_bytes, examined = [], 0, 0
 
-    for key, value, versions in plan.kept_records(snapshot):
+    for key, value, versions, kept in plan.kept_records(snapshot):
+        before.add(key, value, versions)
         examined += versions
-        if key:
+        if kept:
             batch.append((key, value))
             batch_bytes += len(value)
         if len(batch) >= _BATCH_RECORDS or batch_bytes >= _BATCH_BYTES:
             flush()
     flush()
+
     # Marks the environment as made by compaction: an empty one re-created at this path (by
-    # LMDB opening a deleted generation) never has it, and is never used.
-    _write(target, lambda txn: txn.put(GENERATION_KEY, encode_seal(generation)))
+    # LMDB opening a deleted generation) never has it, and is never used. Where it was built
+    # from tells the next compaction whether an unswitched rebuild is an abandoned one.
+    def mark(txn: "lmdb.Transaction") -> None:
+        txn.put(GENERATION_KEY, encode_seal(generation))
+        txn.put(BUILT_FROM_KEY, str(source).encode("ascii"))
+    _write(target, mark)
+    return before
 
 
-def _differences(before: "lmdb.Transaction", after: "lmdb.Transaction"
+def _differences(before: _Snapshot, txn: "lmdb.Transaction"
                  ) -> Iterator[Tuple[bytes, Optional[bytes]]]:
-    """``(key, new value or None if deleted)`` for every key that differs, by a merge of the
-    two sorted key sequences.
+    """``(key, new value or None if deleted)`` for every change since the snapshot ``before``
+    that the new generation needs, in one walk of the keys of ``txn``.
 
-    A record key is never written twice with different contents (records are appended under
-    a new sequence, and ``Store.clear`` moves the first sequence past everything it deleted),
-    so records are compared by key alone: the values of the whole store are never read while
-    writers wait. The store's own documents are compared by value.
+    A record key is never written twice with different contents: records are appended under
+    the call's newest sequence + 1, and ``Store.clear`` moves the first sequence past
+    everything it deleted. So a call's records written since the snapshot are exactly its keys
+    after its newest key then, and a call whose newest key then is gone was cleared (the new
+    generation holds at most that key of it). Records are compared by key alone: the values of
+    the whole store are never read while writers wait. The store's own documents are compared
+    by value.
     """
-    old, new = before.cursor(), after.cursor()
-    has_old, has_new = old.first(), new.first()
-    while has_old or has_new:
-        if has_new and (not has_old or new.key() < old.key()):
-            if new.key() not in _NOT_COPIED:
-                yield new.key(), new.value()
-            has_new = new.next()
-        elif has_old and (not has_new or old.key() < new.key()):
-            yield old.key(), None
-            has_old = old.next()
-        else:
-            key = new.key()
-            if not keys.is_record_key(key) and key not in _NOT_COPIED \
-                    and old.value() != new.value():
-                yield key, new.value()
-            has_old, has_new = old.next(), new.next()
+    newest, size, prefix_size = before.newest, _RECORD_KEY_SIZE, keys.PREFIX_SIZE
+    count = len(newest) // size
+    index = 0
+    prefix: Optional[bytes] = None  # the call being walked
+    known: Optional[bytes] = None   # its newest key in the snapshot
+    known_seen = False
+    documents_seen = set()
+    cursor = txn.cursor()
+    for key in cursor.iternext(keys=True, values=False):
+        if not keys.is_record_key(key):
+            if key not in _NOT_COPIED:
+                documents_seen.add(key)
+                value = cursor.value()
+                if before.documents.get(key) != value:
+                    yield key, value
+            continue
+        if key[:prefix_size] != prefix:
+            if known is not None and not known_seen:
+                yield known, None
+            prefix, known, known_seen = key[:prefix_size], None, False
+            while index < count:
+                candidate = bytes(newest[index * size:(index + 1) * size])
+                if candidate[:prefix_size] > prefix:
+                    break
+                index += 1
+                if candidate[:prefix_size] == prefix:
+                    known = candidate
+                    break
+                yield candidate, None  # a call cleared since, nothing written after
+        if known is None or key > known:
+            yield key, cursor.value()
+        elif key == known:
+            known_seen = True
+    if known is not None and not known_seen:
+        yield known, None
+    for position in range(index, count):
+        yield bytes(newest[position * size:(position + 1) * size]), None
+    for key in before.documents:
+        if key not in documents_seen:
+            yield key, None
 
 
-def _seal(source: "lmdb.Environment", snapshot: "lmdb.Transaction",
-          target: "lmdb.Environment", generation: int, still_ours: Callable[[], bool]) -> int:
-    """Carry over what changed since ``snapshot`` and seal ``source``; return the changes."""
+def _seal(source: "lmdb.Environment", before: _Snapshot, target: "lmdb.Environment",
+          generation: int, still_ours: Callable[[], bool]) -> int:
+    """Carry over what changed since the snapshot ``before`` and seal ``source``; return the
+    number of changes. No transaction of ``source`` is open here, so a map grown by another
+    process is adopted (``begin_transaction``) and a full one grown, without harm."""
     while True:
         try:
-            with source.begin(write=True) as txn:  # from here on, writers wait for us
+            with begin_transaction(source, write=True) as txn:  # from here on, writers wait
                 if not still_ours():
                     raise CompactionFailedError(
                         f"{os.path.dirname(target.path())}: the store was deleted or replaced "
@@ -420,17 +551,14 @@ def _seal(source: "lmdb.Environment", snapshot: "lmdb.Transaction",
                         "the store was sealed by another compaction running without the "
                         "maintenance lock. Nothing was lost; run the compaction again.")
                 changes = []
-                if source.info()["last_txnid"] != snapshot.id():
-                    changes = [(key, value) for key, value in _differences(snapshot, txn)
-                               if key != SEAL_KEY]
+                if source.info()["last_txnid"] != before.txnid:
+                    changes = list(_differences(before, txn))
                 if changes:
                     _write(target, lambda t: _apply(t, changes))
                 target.sync(True)  # the new generation is on disk before anyone is sent there
                 txn.put(SEAL_KEY, encode_seal(generation))
             return len(changes)
-        except lmdb.MapResizedError:
-            source.set_mapsize(0)
-        except lmdb.MapFullError:
+        except lmdb.MapFullError:  # aborted: grow, then carry over and seal again
             source.set_mapsize(source.info()["map_size"] * 2)
 
 
@@ -461,11 +589,59 @@ def _remove_generation(leaf: str, generation: int) -> None:
         shutil.rmtree(generation_folder(leaf, generation), ignore_errors=True)
 
 
-def _remove_other_generations(leaf: str, in_use: int) -> None:
-    """Delete generations left behind: superseded ones whose removal failed, and partial
-    rebuilds of a compactor that died. Runs under the maintenance lock."""
-    for generation in generation_folders(leaf):
-        if generation != in_use:
+def _remove_other_generations(leaf: str, in_use: int, durability: Durability) -> None:
+    """Delete the generations beside the one in use that are proven superseded or proven never
+    used: superseded ones whose removal failed, and rebuilds a compactor left unfinished. Runs
+    under the maintenance lock, so no other compaction is building one right now. Anything
+    else is left as it is: a store is never lost to a guess."""
+    present = generation_folders(leaf)
+    if in_use and (os.path.exists(os.path.join(leaf, DATA_FILE))
+                   or os.path.exists(os.path.join(leaf, LOCK_FILE))):
+        present = [0] + present
+    for generation in present:
+        if generation != in_use and _unused(leaf, generation, in_use, durability):
             _remove_generation(leaf, generation)
-    if in_use:
-        _remove_generation(leaf, 0)
+
+
+def _unused(leaf: str, generation: int, in_use: int, durability: Durability) -> bool:
+    """Whether ``generation`` of ``leaf`` is proven not to hold anything the generation in use
+    (``in_use``) lacks:
+
+    * it has no data file (a removal or a rebuild cut short);
+    * it is sealed to a generation no newer than the one in use (superseded);
+    * it was never switched to, and it is either an incomplete copy or a complete rebuild of
+      the generation in use whose compactor died before sealing;
+    * it is generation 0 without a single key, where one is in use: re-created empty by LMDB
+      when a process opened it just as a compaction deleted it.
+    """
+    folder = generation_folder(leaf, generation)
+    if not os.path.isfile(os.path.join(folder, DATA_FILE)):
+        return True
+    try:
+        env = _open_environment(folder, durability, create=False)
+    except (lmdb.Error, OSError, EngineError):
+        return False  # cannot tell: keep it
+    try:
+        with begin_transaction(env) as txn:
+            seal = txn.get(SEAL_KEY)
+            switched = txn.get(SWITCHED_KEY) is not None
+            complete = txn.get(GENERATION_KEY) is not None
+            built_from = txn.get(BUILT_FROM_KEY)
+            empty = txn.stat()["entries"] == 0
+    except (lmdb.Error, OSError, EngineError):
+        return False
+    finally:
+        env.close()
+    try:
+        sealed = parse_seal(seal, folder, generation)
+    except CorruptStoreError:
+        return False
+    if sealed is not None:
+        return sealed <= in_use
+    if switched:
+        return False
+    if generation == 0:
+        return empty
+    if not complete:
+        return True  # the switch happens only after a complete copy
+    return built_from is not None and bytes(built_from) == str(in_use).encode("ascii")

@@ -9,20 +9,35 @@ Facts this module is built around (see DESIGN.md):
 * An environment must not be used across ``fork()``. Before a fork we wait until no
   transaction is running (every handle's lock is taken), and the child closes what it
   inherited, then reopens lazily. Transactions are never kept open between calls.
-* ``map_size`` is address space, not disk. A full map is grown and the transaction retried;
-  a map grown by another process is adopted with ``set_mapsize(0)``.
+* The pool's size follows the descriptor limit (``environment_budget``), and running out of
+  descriptors while opening one closes idle environments and tries again instead of failing.
+* ``map_size`` is address space, not disk. A full map is grown and the transaction retried.
+  A map grown by another process makes LMDB refuse every new transaction (``MapResizedError``)
+  until it is adopted with ``set_mapsize(0)``: every transaction of the engine is begun through
+  :func:`begin_transaction`, which does that. ``set_mapsize`` remaps the file and invalidates
+  every transaction of that environment in this process, so it is only ever called by the one
+  thread that holds the handle's lock, with no other transaction of it open. Even opening meets
+  it (py-lmdb begins a transaction inside ``lmdb.open``): :func:`open_lmdb` opens again.
 * A store may be rebuilt by compaction into a new generation (see ``generations.py``). Handles
   are registered by leaf folder and follow the switch: a write that finds the seal in its own
   transaction, and a read that finds nothing where a seal is, reopen the store at the
   generation in use and run again.
+* A store knows it existed: ``data.mdb`` is created with its meta pages already written
+  (:func:`create_data_file`), so an empty one is damage, and a missing one beside a store's
+  traces is damage too. Both are reported, never initialised afresh (all results gone).
+* No lock is held past an exception: every path that takes a handle's lock releases it in a
+  ``finally`` or on the way out of the exception.
 """
 
 import contextlib
 import errno
+import fcntl
 import glob
 import itertools
 import os
 import stat
+import struct
+import sys
 import threading
 import time
 from typing import Callable, Dict, Iterator, Optional, Tuple, TypeVar
@@ -30,18 +45,116 @@ from typing import Callable, Dict, Iterator, Optional, Tuple, TypeVar
 import lmdb
 
 from .durability import Durability
-from .errors import CorruptStoreError, ForeignFolderError
+from .errors import CorruptStoreError, EngineError, ForeignFolderError
 from . import trust
 from .filesystem import ensure_local_filesystem, make_dirs
-from .generations import (DATA_FILE, GENERATION_KEY, LOCK_FILE, SEAL_KEY, generation_folder,
-                          parse_seal, read_current, store_exists)
+from .generations import (DATA_FILE, GENERATION_KEY, LOCK_FILE, SEAL_KEY, SWITCHED_KEY,
+                          generation_folder, generation_folders, parse_seal, read_current,
+                          store_exists, store_traces)
 
 T = TypeVar("T")
 
 INITIAL_MAP_SIZE = 1 << 30  # 1 GiB of address space; grows by doubling when full
-DEFAULT_MAX_OPEN = 64
+#: Overrides ``INITIAL_MAP_SIZE`` (bytes), read each time an environment is opened: tests use a
+#: small map to make growth (and other processes' growth) frequent.
+INITIAL_MAP_SIZE_VARIABLE = "PERSIST_TO_DISK_INITIAL_MAP_SIZE"
+DEFAULT_MAX_OPEN = 64  # environments kept open when descriptors are plentiful
+DESCRIPTORS_PER_ENVIRONMENT = 3  # data file, its synchronous twin for meta pages, lock file
 MAX_READERS = 1024  # concurrent read transactions across all processes of one store
 RECHECK_SECONDS = 1.0  # how often a reader checks that its store was not deleted or replaced
+MAX_RESIZE_ADOPTIONS = 64  # maps adopted in a row before giving up (growth doubles the map)
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+def initial_map_size() -> int:
+    """The map size an environment is opened with: ``INITIAL_MAP_SIZE``, or the environment
+    variable ``PERSIST_TO_DISK_INITIAL_MAP_SIZE`` (bytes, rounded up to whole pages).
+
+    Read at every open, not at import, so that a test can set it for the subprocesses it
+    starts. A store whose data is larger is mapped at its data size anyway (LMDB raises it).
+    """
+    text = os.environ.get(INITIAL_MAP_SIZE_VARIABLE, "").strip()
+    if not text:
+        return INITIAL_MAP_SIZE
+    try:
+        size = int(text)
+        if size < 64 * 1024:
+            raise ValueError
+    except ValueError:
+        raise EngineError(
+            f"The environment variable {INITIAL_MAP_SIZE_VARIABLE}={text!r} should be a number "
+            "of bytes of at least 65536 (the initial address space of each cache store); "
+            "unset it to use the default of 1 GiB.") from None
+    return (size + 4095) // 4096 * 4096
+
+
+def begin_transaction(env: "lmdb.Environment", **options) -> "lmdb.Transaction":
+    """``env.begin(**options)``, adopting a map that another process has grown.
+
+    When another process has grown the data beyond this process's map, LMDB refuses every new
+    transaction with ``MapResizedError`` until the map is adopted with ``set_mapsize(0)``;
+    without that, the store fails on every call. ``set_mapsize`` remaps the file and
+    invalidates every other transaction of ``env`` in this process, so the caller must have
+    none open: the pool's callers hold the handle's lock, and compaction closes its snapshot
+    before it writes to the store it read. Every transaction of the engine begins here (the
+    hit path tries ``env.begin`` inline first, and comes here only when that raised).
+    """
+    for _ in range(MAX_RESIZE_ADOPTIONS):
+        try:
+            return env.begin(**options)
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # the size another process recorded in the file
+    raise EngineError(
+        f"The cache store in {env.path()} grew beyond this process's map "
+        f"{MAX_RESIZE_ADOPTIONS} times in a row while a transaction began; another process is "
+        "writing to it faster than it can be mapped. Try again; if it persists, check what "
+        "writes to that store.")
+
+
+def open_lmdb(path: str, **options) -> "lmdb.Environment":
+    """``lmdb.open(path, **options)``, again when the map grew while it opened.
+
+    LMDB maps an existing store at least at its data size, then py-lmdb begins a transaction
+    to open the main database: another process growing the data in between makes that
+    ``MapResizedError``. Opening again maps the new size.
+    """
+    for _ in range(MAX_RESIZE_ADOPTIONS):
+        try:
+            return lmdb.open(path, **options)
+        except lmdb.MapResizedError:
+            continue
+    return lmdb.open(path, **options)
+
+
+def environment_budget() -> int:
+    """How many environments the pool keeps open: half of the soft descriptor limit, at 3
+    descriptors each, at most ``DEFAULT_MAX_OPEN`` and at least 2.
+
+    The other half is left to compute-lock files (``locks._descriptor_budget`` takes an eighth)
+    and to the user's own files. With ``ulimit -n 64`` that is 10 environments, with 128 it is
+    21, from 384 on it is 64. Read at each open, so a limit changed at run time is followed.
+    """
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return DEFAULT_MAX_OPEN
+    if soft == getattr(resource, "RLIM_INFINITY", -1) or soft <= 0:
+        return DEFAULT_MAX_OPEN
+    return max(2, min(DEFAULT_MAX_OPEN, soft // 2 // DESCRIPTORS_PER_ENVIRONMENT))
+
+
+def error_number(err: BaseException) -> Optional[int]:
+    """The ``errno`` behind an ``OSError``, or behind an ``lmdb.Error`` (py-lmdb puts only the
+    system's message in it: ``"<path>: Too many open files"``)."""
+    if isinstance(err, OSError):
+        return err.errno
+    if isinstance(err, lmdb.Error):
+        text = str(err)
+        for code in (errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT):
+            if text.endswith(os.strerror(code)):
+                return code
+    return None
 
 
 class StoreMissing(Exception):
@@ -94,10 +207,12 @@ class _Handle:
         try:
             if read_current(self.path) > self.generation:
                 return False
-        except CorruptStoreError:
-            return True  # reported when the store is next opened; this handle still works
+        except (CorruptStoreError, OSError):
+            # Reported when the store is next opened (damage), or checked again next time (out
+            # of descriptors, say): this handle still works.
+            return True
         # Sealed by a compaction that has not (yet) named the new generation in CURRENT.
-        with self.env.begin() as txn:
+        with begin_transaction(self.env) as txn:
             return txn.get(SEAL_KEY) is None
 
 
@@ -146,41 +261,65 @@ def open_generation(leaf: str, durability: Durability
     ``CURRENT`` names a generation; its environment is opened, then ``CURRENT`` is read again
     (a compaction may have switched and deleted the files meanwhile: generation numbers are
     never reused, so still being named means the real files were opened), and the environment
-    is checked for a seal (a compactor that died before writing ``CURRENT``).
+    is checked for a seal (a compactor that died before writing ``CURRENT``). Without
+    ``CURRENT``, the generation is found from the folders (:func:`_generation_without_current`).
+    A data file missing or empty where a store was raises :class:`CorruptStoreError`.
     """
     check_folder(leaf)
     ensure_local_filesystem(leaf)
     generation = read_current(leaf)
+    env: Optional[lmdb.Environment] = None
+    if not generation:
+        try:
+            generation, env = _generation_without_current(leaf, durability)
+        except (lmdb.Error, OSError, CorruptStoreError):
+            generation = read_current(leaf)  # a compaction switched and deleted meanwhile
+            if not generation:
+                raise
     for _ in range(MAX_GENERATION_HOPS):
         folder = generation_folder(leaf, generation)
-        if generation and not os.path.isfile(os.path.join(folder, DATA_FILE)):
-            newer = read_current(leaf)
-            if newer > generation:
-                generation = newer
-                continue
-            raise CorruptStoreError(
-                f"The cache store in {leaf} names generation {generation}, but {folder} has no "
-                f"{DATA_FILE}. Nothing was deleted: run `ptd verify {leaf}`, or move the folder "
-                "aside to start that cache afresh.")
-        try:
-            env = _open_environment(folder, durability, create=not generation)
-        except (lmdb.Error, OSError, CorruptStoreError):
-            newer = read_current(leaf)
-            if newer > generation:
-                generation = newer  # deleted by a compaction between our look and the open
-                continue
-            raise
+        if env is None:
+            if not os.path.isfile(os.path.join(folder, DATA_FILE)):
+                if generation:
+                    newer = read_current(leaf)
+                    if newer > generation:
+                        generation = newer
+                        continue
+                    raise CorruptStoreError(
+                        f"The cache store in {leaf} names generation {generation}, but {folder} "
+                        f"has no {DATA_FILE}. Nothing was deleted: run `ptd verify {leaf}`, or "
+                        "move the folder aside to start that cache afresh.")
+                traces = store_traces(leaf)
+                if traces:
+                    raise CorruptStoreError(
+                        f"The cache store in {leaf} lost its data file: "
+                        f"{os.path.join(leaf, DATA_FILE)} is missing, but {', '.join(traces)} "
+                        "show that a store was there (deleted by hand, or by a cleanup?). It "
+                        "was not created again empty. Restore the file from a backup, or move "
+                        "the folder aside to start that cache afresh.")
+            try:
+                env = _open_environment(folder, durability, create=not generation)
+            except (lmdb.Error, OSError, CorruptStoreError):
+                newer = read_current(leaf)
+                if newer > generation:
+                    generation = newer  # deleted by a compaction between our look and the open
+                    continue
+                raise
         newer = read_current(leaf)
         if newer > generation:
             env.close()
-            generation = newer
+            env, generation = None, newer
             continue
-        with env.begin() as txn:
-            sealed = parse_seal(txn.get(SEAL_KEY))
-            made_by_compaction = generation == 0 or txn.get(GENERATION_KEY) is not None
+        try:
+            with begin_transaction(env) as txn:
+                sealed = parse_seal(txn.get(SEAL_KEY), folder, generation)
+                made_by_compaction = generation == 0 or txn.get(GENERATION_KEY) is not None
+        except BaseException:
+            env.close()
+            raise
         if sealed is not None:
             env.close()
-            generation = sealed
+            env, generation = None, sealed
             continue
         if not made_by_compaction:
             env.close()
@@ -190,10 +329,59 @@ def open_generation(leaf: str, durability: Durability
                 f"by hand?). Nothing was deleted: run `ptd verify {leaf}`, or move the folder "
                 "aside to start that cache afresh.")
         return env, generation
+    if env is not None:
+        env.close()
     raise CorruptStoreError(
         f"The cache store in {leaf} keeps changing generation ({generation} after "
         f"{MAX_GENERATION_HOPS} switches). Is a compaction looping? Stop it and run "
         f"`ptd verify {leaf}`.")
+
+
+def _generation_without_current(leaf: str, durability: Durability
+                                ) -> Tuple[int, Optional["lmdb.Environment"]]:
+    """Where following seals starts when ``CURRENT`` names no generation: ``(generation,
+    its open environment or None)``.
+
+    ``CURRENT`` is missing before the first compaction, and when it was deleted. The
+    generation in use is then, in this order of proof:
+
+    1. the highest ``gen-N`` marked ``SWITCHED_KEY`` (compaction marks a generation once every
+       process was sent there; a rebuild not switched to yet, or never, has no mark);
+    2. generation 0 if ``data.mdb`` is there (no compaction has switched: the ``gen-N`` folders
+       are rebuilds in progress or abandoned);
+    3. the lowest complete ``gen-N``, for stores compacted before the mark existed.
+
+    Seals are followed from there by the caller. Without any ``gen-N`` folder this opens
+    nothing: a store that was never compacted (or does not exist yet) is generation 0.
+    """
+    numbers = [generation for generation in generation_folders(leaf)
+               if os.path.isfile(os.path.join(generation_folder(leaf, generation), DATA_FILE))]
+    if not numbers:
+        return 0, None
+    complete = []
+    for generation in reversed(numbers):
+        env = _open_environment(generation_folder(leaf, generation), durability, create=False)
+        try:
+            with begin_transaction(env) as txn:
+                switched = txn.get(SWITCHED_KEY) is not None
+                made_by_compaction = txn.get(GENERATION_KEY) is not None
+        except BaseException:
+            env.close()
+            raise
+        if switched:
+            return generation, env
+        env.close()
+        if made_by_compaction:
+            complete.append(generation)
+    if os.path.isfile(os.path.join(leaf, DATA_FILE)):
+        return 0, None
+    if complete:
+        return min(complete), None
+    raise CorruptStoreError(
+        f"The cache store in {leaf} has no {DATA_FILE} and no CURRENT, and none of its "
+        f"generation folders ({', '.join(f'gen-{n}' for n in numbers)}) is complete. Nothing "
+        "was deleted: run `ptd verify` on it, or move the folder aside to start that cache "
+        "afresh.")
 
 
 def _open_environment(path: str, durability: Durability, create: bool = True
@@ -201,10 +389,29 @@ def _open_environment(path: str, durability: Durability, create: bool = True
     """Open the LMDB environment in the folder ``path`` (one generation of a store).
 
     ``create=False`` for generations made by compaction: only the compactor creates those,
-    and a folder it has deleted must not be brought back empty.
+    and a folder it has deleted must not be brought back empty. A data file that is empty, or
+    missing where ``create`` is False, is :class:`CorruptStoreError`: LMDB would initialise it
+    as a new, empty store.
     """
     policy = trust.current_policy()
     trust.check_trusted(path, policy)  # a cache is code: refuse folders others can write
+    data_file = os.path.join(path, DATA_FILE)
+    try:
+        size: Optional[int] = os.stat(data_file).st_size
+    except FileNotFoundError:
+        size = None
+    except NotADirectoryError:
+        size = None  # reported below by LMDB, or by check_folder before
+    if size == 0 and not _being_created(path):
+        raise CorruptStoreError(
+            f"The cache store in {path} is damaged: {data_file} is empty (0 bytes; truncated?). "
+            "A store's data file is never empty, not even a new one, so every result it held "
+            "is gone from it; it was not initialised afresh. Nothing was deleted: restore the "
+            "file from a backup, or move the folder aside to start that cache afresh.")
+    if size is None and not create and os.path.isdir(path):
+        raise CorruptStoreError(
+            f"The cache store in {path} has no {DATA_FILE} (deleted meanwhile?). Nothing was "
+            "created there: run `ptd verify` on the store's folder.")
     if os.path.isdir(path) and _read_only_filesystem(path):
         # LMDB's lock file cannot be written here, so read without it, as LMDB itself does on a
         # read-only filesystem (MDB_ROFS); every write fails and is reported. Safe as long as no
@@ -213,15 +420,17 @@ def _open_environment(path: str, durability: Durability, create: bool = True
     else:
         if create:
             make_dirs(path, policy.sharing.folder_mode)
+            if size is None:
+                create_data_file(path, policy.sharing.file_mode)
         if os.path.isdir(path):
             reserve_lock_file(path)
         options = {"readonly": False, "lock": True, "create": create,
                    "mode": policy.sharing.file_mode,
                    **durability.lmdb_flags}
     try:
-        env = lmdb.open(
+        env = open_lmdb(
             path,
-            map_size=INITIAL_MAP_SIZE,
+            map_size=initial_map_size(),
             subdir=True,
             readahead=False,
             meminit=False,
@@ -237,6 +446,8 @@ def _open_environment(path: str, durability: Durability, create: bool = True
             "to start that cache afresh, or run `ptd verify` to inspect it."
         ) from err
     except lmdb.Error as err:
+        if error_number(err) in _OUT_OF_DESCRIPTORS:
+            raise  # the pool closes idle environments and tries again
         if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
             raise PermissionError(
                 f"Cannot open the cache store in {path}: permission denied ({err}). Give your "
@@ -252,6 +463,92 @@ def _open_environment(path: str, durability: Durability, create: bool = True
         env.close()
         raise
     return env
+
+
+_temporary_names = itertools.count()
+#: ``link`` failing with these means the filesystem has no hard links (FAT, some FUSE mounts).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS,
+                  errno.EXDEV}
+
+
+def create_data_file(folder: str, mode: int) -> None:
+    """Put a new LMDB data file, its meta pages written, at ``folder/data.mdb``, unless one is
+    there already.
+
+    LMDB itself creates ``data.mdb`` empty and writes its meta pages after; a process killed,
+    or a disk filling up, in between leaves an empty file that cannot be told from one
+    truncated to nothing (damage: every result gone), which LMDB would silently initialise
+    afresh. So the file is made under a temporary name (by LMDB, without a lock file: no one
+    else knows the name) and hard-linked into place. ``link`` never replaces: of two processes
+    creating one store at once, one links and the other uses that file, and an empty
+    ``data.mdb`` is always damage. Where the filesystem has no hard links, LMDB creates the file
+    as it always did (a creator racing there is recognised by its lock, ``_being_created``).
+    """
+    target = os.path.join(folder, DATA_FILE)
+    temporary = os.path.join(
+        folder, f".{DATA_FILE}.{os.getpid()}.{threading.get_ident()}.{next(_temporary_names)}.tmp")
+    try:
+        try:
+            lmdb.open(temporary, subdir=False, lock=False, create=True, mode=mode,
+                      map_size=initial_map_size(), readahead=False, meminit=False,
+                      max_spare_txns=0).close()
+        except lmdb.Error as err:
+            code = error_number(err)
+            if code in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(code, f"No space left on the disk of {folder} to create the "
+                              "cache store; free some space") from err
+            if code in _OUT_OF_DESCRIPTORS:
+                raise OSError(code, f"{os.strerror(code)} while creating the cache store in "
+                              f"{folder}") from err
+            raise
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            pass  # another process created it first: everyone uses that one
+        except OSError as err:
+            if err.errno not in _NO_HARD_LINKS:
+                raise
+    finally:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+
+
+if sys.platform.startswith("linux"):
+    _FLOCK = struct.Struct("hhqqi4x")  # struct flock: l_type, l_whence, l_start, l_len, l_pid
+    _FLOCK_FIELDS = ("type", "whence", "start", "len", "pid")
+elif sys.platform == "darwin" or "bsd" in sys.platform:
+    _FLOCK = struct.Struct("qqihh")  # l_start, l_len, l_pid, l_type, l_whence
+    _FLOCK_FIELDS = ("start", "len", "pid", "type", "whence")
+else:
+    _FLOCK = None
+
+
+def _being_created(folder: str) -> bool:
+    """Whether another process is initialising the environment in ``folder`` right now: it
+    holds LMDB's exclusive lock (a write lock on byte 0 of ``lock.mdb``, taken before LMDB
+    creates ``data.mdb`` and downgraded once the meta pages are written). Only an LMDB that
+    creates the data file itself (where there are no hard links, or an older version of this
+    library) leaves it empty for that moment; an empty data file nobody is initialising is
+    damage."""
+    if _FLOCK is None:
+        return False
+    try:
+        fd = os.open(os.path.join(folder, LOCK_FILE),
+                     os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        query = {"type": fcntl.F_WRLCK, "whence": os.SEEK_SET, "start": 0, "len": 1, "pid": 0}
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK,
+                             _FLOCK.pack(*(query[field] for field in _FLOCK_FIELDS)))
+        found = dict(zip(_FLOCK_FIELDS, _FLOCK.unpack(answer)))
+        return found["type"] == fcntl.F_WRLCK
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 # LMDB's lock file: a header and 64 bytes per reader slot, rounded up to whole pages.
@@ -310,12 +607,17 @@ def _check_length(path: str, env: "lmdb.Environment") -> None:
 class EnvironmentPool:
     """The process-wide registry of open environments."""
 
-    def __init__(self, max_open: int = DEFAULT_MAX_OPEN) -> None:
-        self.max_open = max_open
+    def __init__(self, max_open: Optional[int] = None) -> None:
+        self._max_open = max_open
         self._handles: Dict[str, _Handle] = {}
         self._lock = threading.Lock()
         self._clock = itertools.count(1)
         self._held_for_fork: list = []
+
+    @property
+    def max_open(self) -> int:
+        """How many environments stay open: as given, or :func:`environment_budget`."""
+        return self._max_open if self._max_open is not None else environment_budget()
 
     # --- using an environment -------------------------------------------------------------
     def read(self, path: str, durability: Durability,
@@ -324,12 +626,7 @@ class EnvironmentPool:
         while True:
             handle = self._checkout(path, durability, write=False)
             try:
-                env = handle.env
-                try:
-                    txn = env.begin(write=False)
-                except lmdb.MapResizedError:
-                    env.set_mapsize(0)  # another process grew the map: adopt its size
-                    txn = env.begin(write=False)
+                txn = begin_transaction(handle.env)
                 try:
                     result = action(txn)
                     # Found nothing: make sure it is because there is nothing, not because a
@@ -372,9 +669,8 @@ class EnvironmentPool:
                 views = large is not None
                 try:
                     txn = env.begin(buffers=views)
-                except lmdb.MapResizedError:
-                    env.set_mapsize(0)
-                    txn = env.begin(buffers=views)
+                except lmdb.MapResizedError:  # kept off the hit path's common case
+                    txn = begin_transaction(env, buffers=views)
                 try:
                     cursor = txn.cursor()
                     if (cursor.set_range(after) and cursor.prev()) or cursor.last():
@@ -406,13 +702,11 @@ class EnvironmentPool:
                 env = handle.env
                 while True:
                     try:
-                        with env.begin(write=True) as txn:
+                        with begin_transaction(env, write=True) as txn:
                             if txn.get(SEAL_KEY) is not None:
                                 raise _Superseded  # compacted: write to the new generation
                             return action(txn)
-                    except lmdb.MapResizedError:
-                        env.set_mapsize(0)
-                    except lmdb.MapFullError:
+                    except lmdb.MapFullError:  # the transaction is aborted: no txn is open
                         env.set_mapsize(env.info()["map_size"] * 2)
             except _Superseded:
                 self._retire(handle)
@@ -445,6 +739,9 @@ class EnvironmentPool:
         durability, is closed and the store reopened (writes check every time, reads at most
         every ``RECHECK_SECONDS``). A read of a store that no longer exists raises
         :class:`StoreMissing`; a write creates it again.
+
+        Whatever the checks raise, the handle's lock is released on the way out: a lock kept
+        would block every later call of this process on the store for good.
         """
         while True:
             handle = self._handles.get(path)
@@ -453,18 +750,22 @@ class EnvironmentPool:
                     raise StoreMissing(path)
                 handle = self._open(path, durability)
             handle.lock.acquire()
-            if handle.env is not None:
-                if handle.durability is not durability:
-                    stale = True
-                elif write:
-                    stale = not handle.is_current(generation_too=False)
-                else:
-                    stale = (time.monotonic() - handle.checked_at > RECHECK_SECONDS
-                             and not handle.is_current())
-                if not stale:
-                    handle.last_used = next(self._clock)
-                    return handle
-                self._retire(handle)
+            try:
+                if handle.env is not None:
+                    if handle.durability is not durability:
+                        stale = True
+                    elif write:
+                        stale = not handle.is_current(generation_too=False)
+                    else:
+                        stale = (time.monotonic() - handle.checked_at > RECHECK_SECONDS
+                                 and not handle.is_current())
+                    if not stale:
+                        handle.last_used = next(self._clock)
+                        return handle
+                    self._retire(handle)
+            except BaseException:
+                handle.lock.release()
+                raise
             handle.lock.release()  # closed (evicted, stale) since lookup: look again
 
     def _retire(self, handle: _Handle) -> None:
@@ -480,29 +781,47 @@ class EnvironmentPool:
             self._handles.pop(handle.path, None)
 
     def _open(self, path: str, durability: Durability) -> _Handle:
+        """Open and register the store of ``path``, closing idle ones to stay within
+        ``max_open``, and more of them when the process runs out of file descriptors anyway
+        (other files of the process count too): only when none is left to close is that an
+        error."""
         with self._lock:
             handle = self._handles.get(path)
             if handle is not None:
                 return handle
             if len(self._handles) >= self.max_open:
-                self._evict_idle()
-            env, generation = open_generation(path, durability)
+                self._evict_idle(len(self._handles) - self.max_open + 1)
+            while True:
+                try:
+                    env, generation = open_generation(path, durability)
+                    break
+                except (lmdb.Error, OSError) as err:
+                    if error_number(err) not in _OUT_OF_DESCRIPTORS:
+                        raise
+                    if not self._evict_idle(max(1, len(self._handles) // 2)):
+                        raise OSError(err.errno if isinstance(err, OSError) else errno.EMFILE,
+                                      f"Too many open files to open the cache store in {path} "
+                                      f"({err}), and no idle cache store is left to close. "
+                                      "Raise the limit (`ulimit -n`), or close files the "
+                                      "program keeps open.") from err
             handle = _Handle(path, generation, env, durability)
             self._handles[path] = handle
             return handle
 
-    def _evict_idle(self) -> None:
-        """Close the least recently used handles that no transaction is using."""
-        excess = len(self._handles) - self.max_open + 1
+    def _evict_idle(self, count: int) -> int:
+        """Close up to ``count`` of the least recently used handles that no transaction is
+        using; return how many were closed."""
+        closed = 0
         for handle in sorted(self._handles.values(), key=lambda h: h.last_used):
-            if excess <= 0:
+            if closed >= count:
                 break
             if handle.lock.acquire(blocking=False):
                 try:
                     self._close_handle(handle)
                 finally:
                     handle.lock.release()
-                excess -= 1
+                closed += 1
+        return closed
 
     def _close_handle(self, handle: _Handle) -> None:
         self._handles.pop(handle.path, None)

@@ -2,10 +2,20 @@
 
 Each message names the folder it is about and says what the user can do, because the person
 reading it is usually looking at a failed pipeline, not at this code.
+
+:class:`PersistError` is the root of every error the library raises on purpose, the engine's and
+the API layer's alike, so that users catch all of them with one ``except ptd.PersistError``. It
+is defined here, not in the API layer, because the engine never imports that layer;
+``persist_to_disk.errors`` re-exports it as the base of its own errors. Secondary bases
+(``OSError``, ``TypeError``, ...) stay, so ``except OSError`` clauses written before keep working.
 """
 
 
-class EngineError(Exception):
+class PersistError(Exception):
+    """Base class of every error persist_to_disk raises on purpose (engine and API layer)."""
+
+
+class EngineError(PersistError):
     """Base class for every error the engine raises on purpose."""
 
 

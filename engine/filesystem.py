@@ -6,6 +6,7 @@ writers can lose data. We look up the filesystem type of a cache folder in the k
 table once per device and refuse the unsafe ones with a message that says what to do instead.
 """
 
+import errno
 import os
 import stat
 import threading
@@ -67,7 +68,9 @@ def filesystem_of(path: str, mountinfo_text: Optional[str] = None) -> Optional[T
         try:
             with open(MOUNTINFO_PATH, encoding="utf-8", errors="replace") as handle:
                 mountinfo_text = handle.read()
-        except OSError:
+        except OSError as err:
+            if err.errno in (errno.EMFILE, errno.ENFILE):
+                raise  # out of descriptors for now: never remember the device as unknown
             return None  # not Linux, or /proc hidden: nothing to check against
     return parse_mountinfo(mountinfo_text).get(device)
 

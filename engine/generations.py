@@ -19,6 +19,21 @@ processes that open the store later; when the two disagree (a compactor killed b
 the seal wins. Old generations are deleted only after ``CURRENT`` names a newer one, and
 generation numbers are never reused, so a process that opened a generation and then still finds
 it named by ``CURRENT`` knows it opened the real files.
+
+A store knows it existed, and finds its generation without ``CURRENT``:
+
+* Right after sealing, the compactor writes ``SWITCHED_KEY`` into the new generation: proof that
+  every process was sent there. Without ``CURRENT`` (deleted by hand), the highest generation
+  holding that mark is where following seals starts; a rebuild that was never switched to (a
+  compaction still running, or one that died) has no mark and is never used.
+* Every ``data.mdb`` is created with LMDB's meta pages already in it (see
+  ``environments.create_data_file``), so an empty ``data.mdb`` is always damage (a truncation),
+  never a store being created, and it is reported, never initialised afresh. A missing
+  ``data.mdb`` beside the traces of a store (``store_traces``: its lock file, ``CURRENT``,
+  generation folders) is reported too.
+* Compaction deletes a generation only once it is proven superseded (sealed to one not newer than
+  the generation in use), or proven never used (a rebuild of the generation in use that was
+  never switched to).
 """
 
 import os
@@ -35,9 +50,34 @@ SEAL_KEY = b"\xff\xff\xff\xff" + b"next"  # sorts with the store's metadata, aft
 #: Written by compaction into every generation it makes: a ``gen-N`` environment without it was
 #: re-created empty (LMDB creates missing files when it opens) and is never used.
 GENERATION_KEY = b"\xff\xff\xff\xff" + b"generation"
+#: Written by compaction into a new generation, beside ``GENERATION_KEY``: the generation it was
+#: rebuilt from. A rebuild of the generation in use that was never switched to (its compactor
+#: died) is thereby proven unused, and deleted by the next compaction.
+BUILT_FROM_KEY = b"\xff\xff\xff\xff" + b"built-from"
+#: Written by compaction into the new generation once the old one is sealed (every process was
+#: sent there): how a store finds its generation when ``CURRENT`` is gone.
+SWITCHED_KEY = b"\xff\xff\xff\xff" + b"switched"
+#: The store's own bookkeeping of generations: never copied from one generation to the next.
+GENERATION_KEYS = (SEAL_KEY, GENERATION_KEY, BUILT_FROM_KEY, SWITCHED_KEY)
 _GENERATION_NAME = re.compile(r"gen-([1-9][0-9]*)\Z")
 #: Folders inside a store folder that belong to the store, not to groupby leaves below it.
 STORE_INTERNAL_FOLDERS = ("locks",)
+#: What the engine may call a file or folder it makes in a store's folder or a project's folder,
+#: now or in a later version: LMDB files (``*.mdb``), lock files (``*.lock``), temporary files
+#: (``*.tmp``), ``CURRENT``, ``locks`` and ``gen-N``. A new internal name must fit this pattern
+#: (tests/test_closures_and_leaves.py checks every name a store, its compaction and each lock
+#: scope create). Never a name containing ``%``: the layer above escapes groupby folder names
+#: with it (a groupby value ``lock.mdb`` is the folder ``%lock.mdb``).
+_INTERNAL_NAME = re.compile(r"CURRENT|locks|gen-[0-9]+|.*\.(?:mdb|lock|tmp)", re.DOTALL)
+FREE_NAME_MARK = "%"
+
+
+def is_internal_name(name: str) -> bool:
+    """Whether the engine may create an entry called ``name`` in a store's folder (or a
+    project's), so that no groupby leaf folder may be called so: a leaf ``lock.mdb`` below a
+    store would stand where LMDB keeps its lock file, and ``gen-1`` would be deleted by a
+    compaction as an old generation."""
+    return FREE_NAME_MARK not in name and _INTERNAL_NAME.fullmatch(name) is not None
 
 
 def generation_folder(leaf: str, generation: int) -> str:
@@ -46,21 +86,29 @@ def generation_folder(leaf: str, generation: int) -> str:
 
 
 def read_current(leaf: str) -> int:
-    """The generation named by ``CURRENT`` (0 when there is none: no compaction ran yet)."""
+    """The generation named by ``CURRENT`` (0 when there is none: no compaction ran yet, or the
+    file was deleted; the caller then finds the generation without it)."""
+    path = os.path.join(leaf, CURRENT_FILE)
     try:
-        with open(os.path.join(leaf, CURRENT_FILE), "rb") as handle:
+        with open(path, "rb") as handle:
             text = handle.read(32)
     except (FileNotFoundError, NotADirectoryError):
         return 0
+    except IsADirectoryError:
+        text = None
     try:
+        if text is None:
+            raise ValueError
         generation = int(text.decode("ascii").strip())
         if generation < 1:
             raise ValueError
-    except ValueError:
+    except ValueError:  # UnicodeDecodeError included
+        held = "is a folder" if text is None else f"holds {text[:32]!r}"
         raise CorruptStoreError(
-            f"{os.path.join(leaf, CURRENT_FILE)} should hold a generation number but holds "
-            f"{text[:32]!r}. Nothing was deleted. Restore it (the highest gen-N folder is usually "
-            "the one in use), or move the folder aside to start that cache afresh."
+            f"{path} should hold a generation number but {held}. Nothing was deleted. Remove "
+            "it: the store then finds the generation in use from its gen-N folders, and the "
+            f"next `ptd compact {leaf}` writes it again. Or move the folder {leaf} aside to "
+            "start that cache afresh."
         ) from None
     return generation
 
@@ -110,9 +158,26 @@ def existing_generations(leaf: str) -> List[int]:
 
 
 def store_exists(leaf: str) -> bool:
-    """Whether ``leaf`` holds a store (of any generation)."""
-    return (os.path.isfile(os.path.join(leaf, DATA_FILE))
-            or os.path.isfile(os.path.join(leaf, CURRENT_FILE)))
+    """Whether ``leaf`` holds a store (of any generation), or the traces of one whose data file
+    is gone (opening it then reports the damage instead of finding nothing)."""
+    return os.path.isfile(os.path.join(leaf, DATA_FILE)) or bool(store_traces(leaf))
+
+
+def store_traces(leaf: str) -> List[str]:
+    """What in ``leaf`` shows that a store was there, besides its data file: LMDB's lock file
+    (made only once ``data.mdb`` exists, and never empty once LMDB used it), ``CURRENT``, and
+    ``gen-N`` folders. Not the ``locks`` folder of compute locks: a function whose first call
+    raised has one and never stored anything."""
+    traces = []
+    try:
+        if os.path.getsize(os.path.join(leaf, LOCK_FILE)) > 0:
+            traces.append(LOCK_FILE)
+    except OSError:
+        pass
+    if os.path.isfile(os.path.join(leaf, CURRENT_FILE)):
+        traces.append(CURRENT_FILE)
+    traces.extend(f"{GENERATION_PREFIX}{generation}" for generation in generation_folders(leaf))
+    return traces
 
 
 def is_store_folder(path: str) -> bool:
@@ -152,11 +217,30 @@ def store_file_bytes(leaf: str) -> int:
     return total
 
 
-def parse_seal(value: Optional[bytes]) -> Optional[int]:
-    """The generation a seal record points to, or None for an unsealed environment."""
+def parse_seal(value: Optional[bytes], folder: str = "", generation: int = -1
+               ) -> Optional[int]:
+    """The generation a seal record in ``generation`` (whose files are in ``folder``) points to,
+    or None for an unsealed environment.
+
+    A seal that is not a number above ``generation`` is damage: :class:`CorruptStoreError`
+    naming the folder (following it would fail on every call, or loop).
+    """
     if value is None:
         return None
-    return int(bytes(value).decode("ascii"))
+    raw = bytes(value)
+    try:
+        sealed = int(raw.decode("ascii"))
+        if sealed <= generation:
+            raise ValueError
+    except ValueError:  # UnicodeDecodeError included
+        raise CorruptStoreError(
+            f"The cache store in {folder or 'this store'} is damaged: its seal record (which "
+            "names the generation a compaction moved the store to) holds "
+            f"{raw[:32]!r}, not a generation number above {generation}. Nothing was deleted. "
+            f"Run `ptd verify {folder}` and move the folder aside to start that cache afresh, "
+            "or restore it from a backup."
+        ) from None
+    return sealed
 
 
 def encode_seal(generation: int) -> bytes:

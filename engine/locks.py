@@ -1,55 +1,73 @@
-"""Lock scopes for the miss path: ``call`` (one bucket), ``func`` (one leaf), ``global`` (one
-project).
+"""Compute locks: who may compute a missing result while others wait for it.
 
-A miss holds its scope's lock from the second lookup until the result is stored, so processes
-that share a lock never compute the same result twice. Hits never take a lock.
+Scopes and where their locks live
+---------------------------------
+* ``call`` (the default): one lock per *call*, a byte of ``<leaf>/locks/calls.lock`` at an
+  offset taken from the call's digest (62 bits: two different calls share a lock with a
+  probability of about 2**-62). Only processes computing the very same call wait for each
+  other. Earlier versions locked a hash *bucket*, and unrelated calls sharing a bucket formed
+  lock cycles when cached functions call cached functions (issue 9).
+* ``func``: byte 0 of ``<leaf>/func.lock``: one call of the function (leaf) computes at a time.
+* ``global``: byte 0 of ``<project>/global.lock``: one call of the project computes at a time.
+
+The first miss of a leaf creates its one lock file; later misses create nothing (a lock file
+per bucket cost 100-300 µs per first miss of each bucket).
+
+Why these locks cannot hang nested cached calls
+-----------------------------------------------
+A compute lock is held while the function runs, and cached functions call cached functions,
+from threads and from process pools. The rules, each enforced here:
+
+1. A deterministic call graph has no cycles, and a lock per call orders the locks as the calls
+   are ordered, so ``call`` locks alone never deadlock (two jobs recursing through overlapping
+   calls wait for each other's results, never in a circle).
+2. **A process never waits for a lock held by one of its ancestors** (the holder is found with
+   ``F_GETLK``, its ancestry in ``/proc``): that ancestor may be waiting for this very process
+   (a pool child of the computing call). It computes without the lock instead.
+3. **A thread never waits for a lock held by another thread of its process that is itself
+   blocked waiting for other threads** (a future, a pool, a queue, a join), for a different
+   call: that holder may be waiting for this very thread (a thread-pool child of the computing
+   call). It computes without the lock instead. A thread waiting for the *same* call always
+   waits: a child computing its own ancestor call would recurse forever anyway.
+4. **A thread that already holds compute locks never waits in a cycle.** Between threads of one
+   process the cycle is seen in this module's own table of holders and waiters; between
+   processes the kernel sees it: while its process holds other locks, a waiter blocks in
+   ``F_SETLKW``, which fails with ``EDEADLK`` when the wait would close a cycle of processes
+   (POSIX record locks have deadlock detection, ``flock`` does not). The kernel counts a
+   process as one owner, so a report that persists for ``CYCLE_CONFIRM_SECONDS`` is taken as a
+   cycle, and the waiter computes without the lock. A process that holds no other lock cannot
+   close a cycle; its waiter polls instead, asking every ``ANCESTOR_RECHECK_SECONDS`` who holds
+   the lock (rule 2).
+
+Whenever a rule lets a call compute without its lock, :meth:`ComputeLock.acquire` returns the
+reason, which the caller logs: the cost is at most a duplicated computation, never a wrong
+result (results are immutable and keyed by the call), and never a hang.
 
 How a lock is held, and why it is cheap
 ---------------------------------------
-One ``filelock.FileLock`` acquire and release costs ~60-100 µs (filelock 4: Python bookkeeping,
-an ``open`` and a ``close`` per acquire), against ~1 µs for the ``flock`` system call under
-it; that was most of a miss. So each process keeps one :class:`ScopeLock` per lock file, and
-the ScopeLock keeps its file open between misses:
+POSIX record locks (``lockf``) belong to the process, so threads are excluded by this module's
+table first (reentrantly: a thread may take a lock it holds again), and the owner thread then
+takes the byte from the kernel. The kernel drops the locks of a dead process, however it died:
+a crash never leaves a stale lock. A POSIX lock is released when the process closes *any*
+descriptor of the file, so each lock file is opened once per process and a descriptor is never
+closed while a lock of its file is held (an idle one may be, to bound descriptors).
 
-* **Between processes**: ``flock(LOCK_EX)`` on that descriptor, the same primitive filelock
-  uses on Unix (so it also excludes any ``FileLock`` on the same file). The kernel drops it
-  when the process dies, however it dies: a crash never leaves a stale lock.
-* **Between threads, and reentrant per thread**: a ``threading.RLock`` taken before the
-  ``flock``; only the outermost acquisition of a thread locks the file, only the outermost
-  release unlocks it. A cached function calling another under the ``global`` scope (one lock
-  for the project) therefore takes it again without deadlocking, while other threads wait.
 * **The file still being the lock file**: a descriptor kept open outlives a deletion or a
   replacement of the file (a cache folder removed, or moved aside, while the process runs), and
-  a lock on an inode nobody else opens excludes nobody. After each ``flock`` the descriptor
-  must still be linked (``fstat``: a deleted or replaced file is caught at once), and at most
-  every second the path is ``lstat``-ed to see that it still names our inode (a folder moved
-  aside: walking the path costs more than the rest of the lock). If not, the descriptor is
-  dropped and the path opened again. (filelock gets this by opening the path afresh on every
-  acquire.)
-* **Creating and opening the file safely**: a missing lock file is created as filelock
-  creates it (``O_CREAT | O_EXCL | O_NOFOLLOW``, then ``fchmod`` to the sharing level's mode,
-  owner-only ``0o600`` in ``0o700`` folders by default; see ``trust.py``). ``O_EXCL`` never
-  goes through a symbolic link, even a dangling one: the symlink attacks on lock files that
-  filelock 3.20.3 fixed (CVE-2025-68146, CVE-2026-22701) relied on following one. Creating it
-  through a ``FileLock`` instead cost ~100 µs more per new lock file, paid by the first miss
-  of every bucket. An existing file is opened ``O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK``:
-  never through a symbolic link planted at the path (the open fails, and the miss computes
-  without the lock, with a warning), never blocking on a FIFO, never leaking into programs
-  started with ``exec``. What is opened must be a regular file; one owned by another user is
-  refused in a sticky folder (as filelock does: its owner could swap it while we hold it).
-  Where a filesystem has no ``flock`` (never a local one; network filesystems are refused
-  before any lock is taken), the lock falls back to a ``filelock.FileLock`` per acquisition.
-* **Fork**: a forked child must not use the parent's descriptors: they share the parent's open
-  file description, so the child's ``flock(LOCK_UN)`` would release the parent's lock. After a
-  fork the child closes them without unlocking (the parent's own descriptor keeps its lock)
-  and starts with no ScopeLocks; its RLocks (possibly held by parent threads that do not exist
-  in the child) are dropped with them.
-* **Bounded descriptors**: at most :data:`MAX_OPEN_LOCK_FILES` lock files stay open (fewer
-  under a low ``RLIMIT_NOFILE``); beyond that the least recently opened idle one is closed
-  (closing an unlocked descriptor releases nothing) and reopened when next needed (~5 µs).
-  Locks that are held are never closed.
-* **Timeouts**: ``timeout=None`` waits in a blocking ``flock`` for as long as the holder
-  computes; a number polls and raises :class:`filelock.Timeout` when it runs out.
+  a lock on an inode nobody else opens excludes nobody. After each lock the descriptor must
+  still be linked (``fstat``), and at most every second the path is ``lstat``-ed to see that it
+  still names our inode. If not, the lock is dropped and the path opened again.
+* **Creating and opening the file safely**: a missing lock file is created as filelock creates
+  it (``O_CREAT | O_EXCL | O_NOFOLLOW``, then ``fchmod`` to the sharing level's mode); ``O_EXCL``
+  never goes through a symbolic link, even a dangling one (the attacks fixed in filelock 3.20.3,
+  CVE-2025-68146 and CVE-2026-22701, relied on following one). An existing file is opened
+  ``O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK``, must be a regular file, and one owned by
+  another user is refused in a sticky folder.
+* **Fork**: POSIX locks are not inherited, so a child holds none of its parent's locks and
+  cannot release them. The child closes the inherited descriptors and forgets the table (its
+  entries may name parent threads that do not exist in the child).
+* **Timeouts**: ``timeout=None`` waits for as long as the holder computes; a number polls and
+  raises :class:`Timeout` when it runs out.
 """
 
 import enum
@@ -57,18 +75,31 @@ import errno
 import fcntl
 import os
 import stat
+import struct
+import sys
 import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Set, Tuple
 
-from filelock import FileLock, Timeout
-
+from .errors import EngineError
 from .filesystem import make_dirs
 from .trust import current_policy
 
-__all__ = ["LockScope", "ScopeLock", "Timeout", "lock_path", "scope_lock"]
+__all__ = ["ComputeLock", "LockScope", "Timeout", "compute_lock", "lock_place", "scope_lock"]
 
 LOCKS_FOLDER = "locks"
+CALL_LOCK_FILE = "calls.lock"
+FUNC_LOCK_FILE = "func.lock"
+GLOBAL_LOCK_FILE = "global.lock"
+_CALL_OFFSET_BITS = 62  # off_t is 63 bits; byte 0 is the whole-file (func/global) lock
+
+
+class Timeout(EngineError, TimeoutError):
+    """The lock was not had within the timeout (``lock_timeout``)."""
+
+    def __init__(self, lock_file: str) -> None:
+        super().__init__(f"The lock {lock_file} could not be acquired in time.")
+        self.lock_file = lock_file
 
 
 class LockScope(str, enum.Enum):
@@ -92,22 +123,21 @@ class LockScope(str, enum.Enum):
             ) from None
 
 
-def lock_path(scope: LockScope, leaf_path: str, bucket: int, project_root: str) -> str:
-    """Where the lock file of a scope lives."""
+def lock_place(scope: LockScope, leaf_path: str, digest: bytes, project_root: str
+               ) -> Tuple[str, int]:
+    """``(lock file, byte offset)`` of the compute lock of a call under ``scope``."""
     if scope is LockScope.CALL:
-        if leaf_path.endswith(os.sep):
-            return os.path.join(leaf_path, LOCKS_FOLDER, f"{bucket}.lock")
-        return f"{leaf_path}{os.sep}{LOCKS_FOLDER}{os.sep}{bucket}.lock"  # join, on every miss
+        offset = 1 + (int.from_bytes(digest[:8], "big") & ((1 << _CALL_OFFSET_BITS) - 1))
+        return f"{leaf_path}{os.sep}{LOCKS_FOLDER}{os.sep}{CALL_LOCK_FILE}", offset
     if scope is LockScope.FUNC:
-        return os.path.join(leaf_path, "func.lock")
-    return os.path.join(project_root, "global.lock")
+        return os.path.join(leaf_path, FUNC_LOCK_FILE), 0
+    return os.path.join(project_root, GLOBAL_LOCK_FILE), 0
 
 
 def _descriptor_budget() -> int:
-    """An eighth of the soft descriptor limit, at most 512: 128 under the common limit of
-    1024, which leaves most of it to the pool's LMDB environments (3 descriptors each, 64 at
-    most) and to the user's own files; where the limit is higher, every bucket lock of a
-    function (``hashsize`` 500 by default, ``call`` scope) can stay open."""
+    """An eighth of the soft descriptor limit, at most 512 and at least 8: lock files are one
+    per leaf now, so this rarely binds; it leaves most descriptors to LMDB environments (3
+    each) and to the user's own files."""
     try:
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -121,145 +151,35 @@ def _descriptor_budget() -> int:
 MAX_OPEN_LOCK_FILES = _descriptor_budget()
 _OPEN_FLAGS = (os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
                | getattr(os, "O_NONBLOCK", 0))
-_NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, getattr(errno, "EOPNOTSUPP", errno.ENOSYS)}
-_POLL_FIRST, _POLL_MAX = 0.001, 0.05  # seconds between attempts while a timeout runs
+_BUSY = {errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK}
+_POLL_FIRST, _POLL_MAX = 0.001, 0.02  # seconds between attempts while polling
 RECHECK_SECONDS = 1.0  # how often a kept descriptor's path is looked up again
+ANCESTOR_RECHECK_SECONDS = 0.25  # how often a polling waiter asks who holds its lock
+#: How long a thread holding other locks keeps retrying after the kernel reported a cycle
+#: (EDEADLK can be a false alarm when threads of one process wait on several locks).
+CYCLE_CONFIRM_SECONDS = 0.2
+#: How long another thread of this process must be seen blocked on other threads before a
+#: waiter concludes it may be waiting for the waiter itself (rule 3).
+BLOCKED_HOLDER_SECONDS = 0.25
+_IN_PROCESS_SLICE = 0.05
 
 
-class ScopeLock:
-    """This process's lock on one lock file (see the module docstring).
+class _LockFile:
+    """This process's one open descriptor of one lock file."""
 
-    Use :func:`scope_lock` to get it: there must be one object per path per process, which is
-    what makes it reentrant and what lets threads wait for each other on it.
-    """
-
-    __slots__ = ("path", "_thread_lock", "_depth", "_fd", "_identity", "_checked_at",
-                 "_fallback")
+    __slots__ = ("path", "fd", "identity", "checked_at", "held")
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._thread_lock = threading.RLock()
-        self._depth = 0  # acquisitions by the thread holding _thread_lock, not yet released
-        self._fd: Optional[int] = None  # the open lock file, kept between acquisitions
-        self._identity = None  # (st_dev, st_ino) of what _fd has open
-        self._checked_at = 0.0  # when the path was last seen to name it
-        self._fallback: Optional[FileLock] = None  # where the filesystem has no flock
+        self.fd: Optional[int] = None
+        self.identity = None  # (st_dev, st_ino) of what fd has open
+        self.checked_at = 0.0
+        self.held = 0  # bytes of this file the process holds in the kernel
 
-    @property
-    def is_locked(self) -> bool:
-        return self._depth > 0
-
-    def acquire(self, timeout: Optional[float] = None) -> "ScopeLock":
-        """Wait for the lock (``timeout`` seconds at most, if given) and take it.
-
-        Raises :class:`filelock.Timeout` when the time runs out, ``OSError`` when the lock file
-        cannot be opened or created (a symbolic link at its path, permissions); nothing is held
-        after either.
-        """
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        if not self._thread_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            raise Timeout(self.path)
-        try:
-            if self._depth == 0:
-                self._lock_file(deadline)
-            self._depth += 1
-        except BaseException:
-            if self._depth == 0 and self._fd is not None:  # interrupted after the flock
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
-                except OSError:
-                    pass
-            self._thread_lock.release()
-            raise
-        return self
-
-    def release(self) -> None:
-        """Undo one :meth:`acquire` of the calling thread; the outermost one unlocks the file."""
-        if self._depth <= 0:
-            raise RuntimeError(f"release of the lock {self.path}, which is not held")
-        try:
-            if self._depth == 1:
-                self._unlock_file()
-        finally:
-            self._depth -= 1
-            self._thread_lock.release()
-
-    def __enter__(self) -> "ScopeLock":
-        return self.acquire()
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
-
-    # --- the file -------------------------------------------------------------------------
-    def _lock_file(self, deadline: Optional[float]) -> None:
-        while True:
-            if self._fallback is not None:
-                self._fallback.acquire(timeout=-1 if deadline is None
-                                       else max(deadline - time.monotonic(), 0.0))
-                return
-            fd = self._fd
-            fresh = fd is None
-            if fresh:
-                fd = self._open()
-            try:
-                self._flock(fd, deadline)
-            except OSError as err:
-                if err.errno not in _NO_FLOCK:
-                    raise
-                self._close()  # no flock here (never on a local filesystem): filelock copes
-                self._fallback = FileLock(self.path, mode=current_policy().sharing.file_mode)
-                continue
-            if self._still_named(fd, fresh):
-                return
-            # Deleted or replaced while we waited or while the descriptor was idle: our lock
-            # is on an inode nobody else will open. Drop it and lock what the path names now.
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            self._close()
-
-    def _still_named(self, fd: int, fresh: bool) -> bool:
-        """Whether the path still names the file we locked: the file must still be linked
-        (checked every time, as filelock does: a cache folder deleted while we run), and a
-        descriptor kept open must not have been moved away with its folder (the path is looked
-        up again at most every ``RECHECK_SECONDS``, which costs a walk of the whole path)."""
-        if os.fstat(fd).st_nlink == 0:
-            return False
-        now = time.monotonic()
-        if fresh or now - self._checked_at < RECHECK_SECONDS:
-            if fresh:
-                self._checked_at = now
-            return True
-        try:
-            current = os.lstat(self.path)
-        except FileNotFoundError:
-            return False
-        self._checked_at = now
-        return (current.st_dev, current.st_ino) == self._identity
-
-    def _flock(self, fd: int, deadline: Optional[float]) -> None:
-        if deadline is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return
-        pause = _POLL_FIRST
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except (BlockingIOError, PermissionError):  # EWOULDBLOCK; EACCES on some systems
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Timeout(self.path)
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, _POLL_MAX)
-
-    def _unlock_file(self) -> None:
-        if self._fallback is not None:
-            self._fallback.release()
-        elif self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def _open(self) -> int:
-        """Open the lock file, creating it if it does not exist yet."""
+    def descriptor(self) -> Tuple[int, bool]:
+        """``(fd, freshly opened)``."""
+        if self.fd is not None:
+            return self.fd, False
         try:
             fd = os.open(self.path, _OPEN_FLAGS)
         except FileNotFoundError:
@@ -270,14 +190,12 @@ class ScopeLock:
         except BaseException:
             os.close(fd)
             raise
-        self._fd, self._identity = fd, (info.st_dev, info.st_ino)
+        self.fd, self.identity = fd, (info.st_dev, info.st_ino)
+        self.checked_at = time.monotonic()
         _opened(self)
-        return fd
+        return fd, True
 
     def _create(self) -> int:
-        """Create the lock file the way filelock does: ``O_CREAT | O_EXCL`` (which never goes
-        through a symbolic link, even a dangling one), then the sharing level's mode set again
-        with ``fchmod``, since ``open`` applies the umask."""
         sharing = current_policy().sharing
         make_dirs(os.path.dirname(self.path), sharing.folder_mode)
         try:
@@ -285,17 +203,34 @@ class ScopeLock:
         except FileExistsError:  # another process made it meanwhile (or a link is there:
             return os.open(self.path, _OPEN_FLAGS)  # O_NOFOLLOW refuses that one)
         try:
-            os.fchmod(fd, sharing.file_mode)
+            os.fchmod(fd, sharing.file_mode)  # open() applied the umask
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _close(self) -> None:
-        fd, self._fd, self._identity = self._fd, None, None
-        if fd is not None:
-            _closed(self)
-            _close_quietly(fd)
+    def still_named(self, fresh: bool) -> bool:
+        """Whether the path still names the file we locked (see the module docstring)."""
+        if os.fstat(self.fd).st_nlink == 0:
+            return False
+        now = time.monotonic()
+        if fresh or now - self.checked_at < RECHECK_SECONDS:
+            return True
+        try:
+            current = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        self.checked_at = now
+        return (current.st_dev, current.st_ino) == self.identity
+
+    def close_if_idle(self) -> bool:
+        """Close the descriptor unless a lock of this file is held (closing any descriptor of
+        a file drops every POSIX lock the process has on it)."""
+        if self.held or self.fd is None:
+            return False
+        fd, self.fd, self.identity = self.fd, None, None
+        _close_quietly(fd)
+        return True
 
 
 def _check_lock_file(path: str, info: os.stat_result) -> None:
@@ -310,82 +245,437 @@ def _check_lock_file(path: str, info: os.stat_result) -> None:
                 "(like /tmp); remove it, or keep the cache in a folder of your own", path)
 
 
-# --- the registry: one ScopeLock per path per process ---------------------------------------
-_locks: Dict[str, ScopeLock] = {}
-_open_locks: Dict[str, ScopeLock] = {}  # those with an open descriptor, oldest first
-_registry_lock = threading.Lock()
+class _Range:
+    """One lockable byte of a lock file, as this process sees it."""
+
+    __slots__ = ("file", "offset", "owner", "depth", "call", "waiters", "blocked_since")
+
+    def __init__(self, file: _LockFile, offset: int) -> None:
+        self.file = file
+        self.offset = offset
+        self.owner: Optional[int] = None  # the thread holding it in this process
+        self.depth = 0  # the owner's nested acquisitions
+        self.call: Optional[bytes] = None  # what the owner computes (rule 3)
+        self.waiters = 0
+        self.blocked_since: Optional[float] = None  # the owner seen waiting for threads
 
 
-def scope_lock(path: str, timeout: Optional[float] = None) -> "_Hold":
-    """The process's lock on ``path``, to take with ``acquire()``/``release()`` or ``with``.
+# --- the process's table: every lock file, every held or awaited byte ------------------------
+_state = threading.Lock()
+_changed = threading.Condition(_state)
+_files: Dict[str, _LockFile] = {}
+_ranges: Dict[Tuple[str, int], _Range] = {}
+_owned: Dict[int, int] = {}  # thread ident -> bytes it owns (held, or being taken)
+_waiting: Dict[int, _Range] = {}  # thread ident -> the byte it waits for in this process
 
-    ``timeout=None`` waits for as long as the holder computes; a number raises
-    :class:`filelock.Timeout` after that many seconds.
+
+class ComputeLock:
+    """One use of a compute lock (see :func:`compute_lock`): ``acquire()`` then ``release()``.
+
+    ``acquire`` returns None when the lock is held, or the reason it computes without it (a
+    rule of the module docstring avoided a hang); ``release`` undoes either.
     """
-    lock = _locks.get(path)
-    if lock is None:
-        with _registry_lock:
-            lock = _locks.get(path)
-            if lock is None:
-                lock = _locks[path] = ScopeLock(path)
-    return _Hold(lock, timeout)
 
+    __slots__ = ("path", "offset", "timeout", "call", "nested_safe", "_range", "_outermost")
 
-class _Hold:
-    """One use of a :class:`ScopeLock` with its own timeout (threads may pass different ones)."""
-
-    __slots__ = ("lock", "timeout")
-
-    def __init__(self, lock: ScopeLock, timeout: Optional[float]) -> None:
-        self.lock = lock
+    def __init__(self, path: str, offset: int = 0, timeout: Optional[float] = None,
+                 call: Optional[bytes] = None, nested_safe: bool = True) -> None:
+        self.path = path
+        self.offset = offset
         self.timeout = timeout
+        self.call = call
+        self.nested_safe = nested_safe
+        self._range: Optional[_Range] = None
+        self._outermost = False
 
-    def acquire(self) -> ScopeLock:
-        return self.lock.acquire(self.timeout)
+    @property
+    def is_locked(self) -> bool:
+        return self._range is not None
+
+    def acquire(self) -> Optional[str]:
+        """Wait for the lock and take it; return None, or why the call goes on without it.
+
+        Raises :class:`Timeout` when ``timeout`` runs out and ``OSError`` when the lock file
+        cannot be opened or created (a symbolic link at its path, permissions); nothing is held
+        after either.
+        """
+        if self._range is not None:
+            raise RuntimeError(f"the lock {self.path} is already acquired by this object")
+        deadline = None if self.timeout is None else time.monotonic() + max(self.timeout, 0.0)
+        me = threading.get_ident()
+        with _state:
+            lock_file = _files.get(self.path)
+            if lock_file is None:
+                lock_file = _files[self.path] = _LockFile(self.path)
+            key = (self.path, self.offset)
+            rng = _ranges.get(key)
+            if rng is None:
+                rng = _ranges[key] = _Range(lock_file, self.offset)
+            if rng.owner == me:  # reentrant: a nested call under the same lock
+                rng.depth += 1
+                self._range, self._outermost = rng, False
+                return None
+            reason = self._wait_in_process(rng, me, deadline)
+            if reason is not None:
+                _forget_if_idle(rng)
+                return reason
+            rng.owner, rng.depth, rng.call = me, 1, self.call
+            holds_others = _owned.get(me, 0) > 0
+            _owned[me] = _owned.get(me, 0) + 1
+        try:
+            reason = self._lock_kernel(rng, deadline, holds_others)
+        except BaseException:
+            self._give_back(rng, me)
+            raise
+        if reason is not None:
+            self._give_back(rng, me)
+            return reason
+        self._range, self._outermost = rng, True
+        return None
 
     def release(self) -> None:
-        self.lock.release()
+        """Undo :meth:`acquire` (nothing, if it returned a reason)."""
+        rng, self._range = self._range, None
+        if rng is None:
+            return
+        with _state:
+            if not self._outermost:
+                rng.depth -= 1
+                return
+            try:
+                if rng.file.fd is not None:
+                    _unlock(rng.file.fd, rng.offset)
+            finally:
+                rng.file.held -= 1
+                self._give_back(rng, threading.get_ident(), locked=True)
 
-    def __enter__(self) -> ScopeLock:
-        return self.lock.acquire(self.timeout)
+    def __enter__(self) -> "ComputeLock":
+        self.acquire()
+        return self
 
     def __exit__(self, *exc_info) -> None:
-        self.lock.release()
+        self.release()
 
+    # --- between threads of this process --------------------------------------------------
+    def _wait_in_process(self, rng: _Range, me: int, deadline: Optional[float]
+                         ) -> Optional[str]:
+        """Wait (``_state`` held) until no other thread of this process owns ``rng``."""
+        rng.waiters += 1
+        try:
+            while rng.owner is not None:
+                holder = rng.owner
+                if self.nested_safe:
+                    if _cycle_through(me, rng):
+                        return (f"waiting for the lock {self.path} would close a cycle of "
+                                "threads of this process that wait for each other's locks")
+                    if self.call is None or rng.call != self.call:
+                        # Seen by every waiter of the byte: once the holder has been blocked
+                        # long enough, later waiters (its pool's next tasks) go on at once.
+                        if holder not in _waiting and _blocked_on_threads(holder):
+                            now = time.monotonic()
+                            rng.blocked_since = rng.blocked_since or now
+                            if now - rng.blocked_since >= BLOCKED_HOLDER_SECONDS:
+                                return (f"the lock {self.path} is held by another thread of "
+                                        "this process that is waiting for other threads (it "
+                                        "may be waiting for this one)")
+                        else:
+                            rng.blocked_since = None
+                wait = _IN_PROCESS_SLICE if self.nested_safe else None
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise Timeout(self.path)
+                    wait = remaining if wait is None else min(wait, remaining)
+                _waiting[me] = rng
+                try:
+                    _changed.wait(wait)
+                finally:
+                    _waiting.pop(me, None)
+        finally:
+            rng.waiters -= 1
+        return None
 
-def _opened(lock: ScopeLock) -> None:
-    """Count a newly opened descriptor; close the oldest idle ones beyond the budget.
-
-    Lock order: a thread may wait for the registry lock while it holds a ScopeLock's thread
-    lock (it is opening that lock's file), so under the registry lock other ScopeLocks are only
-    *tried* (never waited for), and a busy one is simply skipped.
-    """
-    with _registry_lock:
-        _open_locks[lock.path] = lock
-        excess = len(_open_locks) - MAX_OPEN_LOCK_FILES
-        if excess <= 0:
+    def _give_back(self, rng: _Range, me: int, locked: bool = False) -> None:
+        """Drop this thread's ownership of ``rng`` (``_state`` held when ``locked``)."""
+        if not locked:
+            with _state:
+                self._give_back(rng, me, locked=True)
             return
-        closed = []
-        for other in _open_locks.values():  # oldest first; usually the first one will do
-            if other is lock or not other._thread_lock.acquire(blocking=False):
-                continue
+        rng.owner, rng.depth, rng.call, rng.blocked_since = None, 0, None, None
+        left = _owned.get(me, 1) - 1
+        if left:
+            _owned[me] = left
+        else:
+            _owned.pop(me, None)
+        _forget_if_idle(rng)
+        _changed.notify_all()
+
+    # --- between processes ----------------------------------------------------------------
+    def _lock_kernel(self, rng: _Range, deadline: Optional[float], holds_others: bool
+                     ) -> Optional[str]:
+        """Take the byte from the kernel (this thread owns ``rng`` in the process)."""
+        lock_file = rng.file
+        pause = _POLL_FIRST
+        asked_at = None
+        cycle_since = None
+        while True:
+            with _state:
+                fd, fresh = lock_file.descriptor()
+                lock_file.held += 1  # from now on the descriptor stays open
+            taken = False
             try:
-                if other._depth == 0 and other._fd is not None:
-                    _close_quietly(other._fd)
-                    other._fd = other._identity = None
-                    closed.append(other.path)
+                _lock(fd, rng.offset, wait=False)
+                taken = True
+            except OSError as err:
+                if err.errno not in _BUSY:
+                    raise
             finally:
-                other._thread_lock.release()
-            if len(closed) >= excess:
+                if not taken:
+                    with _state:
+                        lock_file.held -= 1
+            if taken:
+                if lock_file.still_named(fresh):
+                    return None
+                self._drop_stale(lock_file, rng.offset)
+                continue
+            now = time.monotonic()
+            if self.nested_safe and (asked_at is None
+                                     or now - asked_at >= ANCESTOR_RECHECK_SECONDS):
+                asked_at = now
+                holder = _holder_pid(fd, rng.offset)
+                if holder is not None and holder in _ancestors():
+                    return (f"the lock {self.path} is held by process {holder}, an ancestor "
+                            "of this one (it may be waiting for this process: a pool child of "
+                            "the computing call)")
+            if deadline is not None:
+                if now >= deadline:
+                    raise Timeout(self.path)
+                time.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, _POLL_MAX)
+                continue
+            if self.nested_safe and not (holds_others or _process_owns_others()):
+                # While this process holds nothing else it cannot be part of a cycle of
+                # processes; polling lets it see an ancestor that takes the lock later (rule
+                # 2). Asked again every round: another thread may take a lock meanwhile and
+                # then wait, in this process, behind this one.
+                time.sleep(pause)
+                pause = min(pause * 2, _POLL_MAX)
+                continue
+            # Block in the kernel, which reports a wait that would close a cycle (rule 4).
+            with _state:
+                fd, fresh = lock_file.descriptor()
+                lock_file.held += 1
+            taken = False
+            try:
+                _lock(fd, rng.offset, wait=True)
+                taken = True
+            except OSError as err:
+                if err.errno != errno.EDEADLK:
+                    raise
+            finally:
+                if not taken:
+                    with _state:
+                        lock_file.held -= 1
+            if not taken:  # EDEADLK
+                now = time.monotonic()
+                cycle_since = cycle_since or now
+                if now - cycle_since >= CYCLE_CONFIRM_SECONDS:
+                    return (f"waiting for the lock {self.path} would close a cycle of "
+                            "processes that wait for each other's locks")
+                time.sleep(_POLL_FIRST * 10)
+                continue
+            if lock_file.still_named(False):
+                return None
+            self._drop_stale(lock_file, rng.offset)
+
+    def _drop_stale(self, lock_file: _LockFile, offset: int) -> None:
+        """The lock file was deleted or replaced: our lock is on an inode nobody else opens.
+        Drop it, and open what the path names now on the next attempt."""
+        with _state:
+            _unlock(lock_file.fd, offset)
+            lock_file.held -= 1
+            closed = lock_file.close_if_idle()
+            if closed:
+                _closed(lock_file)
+        if not closed:  # other threads hold bytes of the stale file: wait for them to finish
+            time.sleep(_POLL_MAX)
+
+
+def _lock(fd: int, offset: int, wait: bool) -> None:
+    fcntl.lockf(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset,
+                os.SEEK_SET)
+
+
+def _unlock(fd: int, offset: int) -> None:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+    except OSError:
+        pass
+
+
+def _process_owns_others() -> bool:
+    """Whether threads of this process own more than the one byte being taken."""
+    with _state:
+        return sum(_owned.values()) > 1
+
+
+def _forget_if_idle(rng: _Range) -> None:
+    """Bound the table: a byte nobody owns or waits for is forgotten (one per call)."""
+    if rng.owner is None and not rng.waiters:
+        key = (rng.file.path, rng.offset)
+        if _ranges.get(key) is rng:
+            del _ranges[key]
+
+
+def _cycle_through(me: int, rng: _Range) -> bool:
+    """Whether the owner of ``rng`` waits, through threads of this process, for a byte ``me``
+    owns (``_state`` held)."""
+    seen: Set[int] = set()
+    owner = rng.owner
+    while owner is not None and owner not in seen:
+        if owner == me:
+            return True
+        seen.add(owner)
+        awaited = _waiting.get(owner)
+        owner = awaited.owner if awaited is not None else None
+    return False
+
+
+_THREAD_WAIT_FILES = tuple(os.path.join(os.path.dirname(threading.__file__), name)
+                           for name in ("threading.py", "queue.py"))
+
+
+def _blocked_on_threads(ident: int) -> bool:
+    """Whether thread ``ident`` is blocked waiting for other threads: its innermost Python frame
+    is a wait of ``threading`` or ``queue`` (what futures, pools, queues and joins wait in)."""
+    frame = sys._current_frames().get(ident)
+    return frame is not None and frame.f_code.co_filename in _THREAD_WAIT_FILES
+
+
+if sys.platform.startswith("linux"):
+    _FLOCK = struct.Struct("hhqqi4x")  # l_type, l_whence, l_start, l_len, l_pid
+    _FIELDS = ("type", "whence", "start", "len", "pid")
+elif sys.platform == "darwin" or "bsd" in sys.platform:
+    _FLOCK = struct.Struct("qqihh")  # l_start, l_len, l_pid, l_type, l_whence
+    _FIELDS = ("start", "len", "pid", "type", "whence")
+else:
+    _FLOCK = None
+
+
+def _holder_pid(fd: int, offset: int) -> Optional[int]:
+    """The process holding the byte (``F_GETLK``), or None where that cannot be told."""
+    if _FLOCK is None:
+        return None
+    values = {"type": fcntl.F_WRLCK, "whence": os.SEEK_SET, "start": offset, "len": 1,
+              "pid": 0}
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, _FLOCK.pack(*(values[f] for f in _FIELDS)))
+    except OSError:
+        return None
+    found = dict(zip(_FIELDS, _FLOCK.unpack(answer)))
+    if found["type"] == fcntl.F_UNLCK or found["pid"] <= 0:
+        return None
+    return found["pid"]
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # no /proc (macOS): ask ps; only ever on the contended path
+        import subprocess
+        out = subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True,
+                             text=True, timeout=5)
+        return int(out.stdout.strip() or 0)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return 0
+
+
+def _ancestors() -> Set[int]:
+    """This process's parent, its parent, ... (not init)."""
+    found: Set[int] = set()
+    pid = os.getppid()
+    while pid > 1 and pid not in found and len(found) < 128:
+        found.add(pid)
+        pid = _parent_of(pid)
+    return found
+
+
+# --- a plain lock on a whole lock file ------------------------------------------------------
+class ScopeLock:
+    """A whole-file lock (byte 0) that simply waits: for maintenance and tests. Reentrant in
+    its thread; ``acquire`` returns the lock itself."""
+
+    __slots__ = ("path", "timeout", "_holds")
+
+    def __init__(self, path: str, timeout: Optional[float] = None) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._holds = []
+
+    @property
+    def _fd(self) -> Optional[int]:
+        """The process's descriptor of the lock file (tests check its flags)."""
+        lock_file = _files.get(self.path)
+        return lock_file.fd if lock_file is not None else None
+
+    def acquire(self) -> "ScopeLock":
+        hold = ComputeLock(self.path, 0, self.timeout, nested_safe=False)
+        hold.acquire()
+        self._holds.append(hold)
+        return self
+
+    def release(self) -> None:
+        if not self._holds:
+            raise RuntimeError(f"release of the lock {self.path}, which is not held")
+        self._holds.pop().release()
+
+    def __enter__(self) -> "ScopeLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def scope_lock(path: str, timeout: Optional[float] = None) -> ScopeLock:
+    """A plain, waiting lock on the whole of ``path`` (see :class:`ScopeLock`)."""
+    return ScopeLock(path, timeout)
+
+
+def compute_lock(path: str, offset: int = 0, timeout: Optional[float] = None,
+                 call: Optional[bytes] = None) -> ComputeLock:
+    """The compute lock of a miss: ``acquire()`` returns None once held, or the reason the call
+    computes without it (see the rules in the module docstring); ``timeout`` as
+    ``lock_timeout``; ``call`` is the call's digest (a waiter for the same call always waits
+    for another thread of its process)."""
+    return ComputeLock(path, offset, timeout, call)
+
+
+# --- bounded descriptors ------------------------------------------------------------------------
+_open_files: Dict[str, _LockFile] = {}  # those with an open descriptor, oldest first
+
+
+def _opened(lock_file: _LockFile) -> None:
+    """Count a newly opened descriptor; close the oldest idle ones beyond the budget
+    (``_state`` held). Held ones are never closed."""
+    _open_files.pop(lock_file.path, None)
+    _open_files[lock_file.path] = lock_file
+    excess = len(_open_files) - MAX_OPEN_LOCK_FILES
+    if excess <= 0:
+        return
+    for other in list(_open_files.values()):
+        if other is not lock_file and other.close_if_idle():
+            del _open_files[other.path]
+            excess -= 1
+            if excess <= 0:
                 break
-        for path in closed:
-            del _open_locks[path]
 
 
-def _closed(lock: ScopeLock) -> None:
-    with _registry_lock:
-        if _open_locks.get(lock.path) is lock:
-            del _open_locks[lock.path]
+def _closed(lock_file: _LockFile) -> None:
+    if _open_files.get(lock_file.path) is lock_file:
+        del _open_files[lock_file.path]
 
 
 def _close_quietly(fd: int) -> None:
@@ -396,18 +686,23 @@ def _close_quietly(fd: int) -> None:
 
 
 def _forget_after_fork() -> None:
-    """In a forked child: close the inherited descriptors without unlocking (they share the
-    parent's open file descriptions; the parent's locks must stay), forget every ScopeLock."""
-    global _registry_lock
-    for lock in list(_locks.values()):
-        if lock._fd is not None:
-            _close_quietly(lock._fd)
-        # A hold the child still releases (it forked inside a cached call and returns from
-        # it) then unlocks nothing: not the parent's lock, nor whatever reuses the number.
-        lock._fd = lock._identity = lock._fallback = None
-    _locks.clear()
-    _open_locks.clear()
-    _registry_lock = threading.Lock()
+    """In a forked child: no POSIX lock was inherited; close the inherited descriptors and
+    forget the table (it may name parent threads that do not exist here)."""
+    global _state, _changed
+    for lock_file in list(_files.values()):
+        if lock_file.fd is not None:
+            _close_quietly(lock_file.fd)
+        lock_file.fd = lock_file.identity = None
+        lock_file.held = 0
+    for rng in _ranges.values():  # holds the child still releases unlock nothing
+        rng.owner, rng.depth = None, 0
+    _files.clear()
+    _ranges.clear()
+    _owned.clear()
+    _waiting.clear()
+    _open_files.clear()
+    _state = threading.Lock()
+    _changed = threading.Condition(_state)
 
 
 if hasattr(os, "register_at_fork"):

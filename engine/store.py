@@ -9,21 +9,38 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Optional, Tuple, TypeVar
 
 import lmdb
 
 from . import keys
 from .durability import Durability
 from .environments import POOL, EnvironmentPool, StoreMissing
-from .errors import StoreFormatError
+from .errors import CorruptStoreError, StoreFormatError
 from .generations import store_exists, store_file_bytes
-from .records import Record, RecordKind, decode_record, decode_view, encode_record
+from .records import (DamagedRecordError, Record, RecordKind, build_record, decode_record,
+                      decode_view, encode_record)
 
 STORE_FORMAT = 1
 T = TypeVar("T")
 _TOMBSTONE = RecordKind.TOMBSTONE
 _LAST = b'\xff' * keys.SEQUENCE_SIZE
+_LARGE = 64 * 1024  # values above this are read as views of the map, never copied out
+#: What LMDB raises when the pages it walks are not what it wrote: a damaged data file. (On
+#: some garbage LMDB reads out of bounds instead and the process dies: ``ptd verify`` checks a
+#: store's structure without LMDB for that reason.)
+_LMDB_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError,
+                lmdb.PanicError, lmdb.IncompatibleError, lmdb.CursorFullError,
+                lmdb.PageFullError, lmdb.ProblemError, lmdb.BadChecksumError)
+
+
+def damaged_store_error(path: str, err: Exception) -> CorruptStoreError:
+    """The error for a store whose pages LMDB cannot read."""
+    return CorruptStoreError(
+        f"The cache store in {path} is damaged: LMDB reports {type(err).__name__} ({err}). "
+        f"Nothing was deleted. Run `ptd verify {path}` to see what is damaged, then move that "
+        "folder aside to start the cache afresh (the decorator recreates it), or restore it "
+        "from a backup.")
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,9 @@ class StoreStats:
     unreadable: int = 0   # calls whose newest record has a newer format than this version reads
 
 
-def _newest(txn: "lmdb.Transaction", prefix: bytes) -> Optional[Tuple[bytes, bytes]]:
+def _newest_key(txn: "lmdb.Transaction", prefix: bytes) -> Optional[bytes]:
+    """The key of the call's newest record (its value is not read: copying a large value out
+    of the map to learn its sequence cost a whole copy of it per write)."""
     cursor = txn.cursor()
     found = cursor.set_range(keys.after_last_version(prefix)) and cursor.prev()
     if not found:
@@ -45,7 +64,7 @@ def _newest(txn: "lmdb.Transaction", prefix: bytes) -> Optional[Tuple[bytes, byt
     if found:
         key = cursor.key()
         if key[:keys.PREFIX_SIZE] == prefix:
-            return key, cursor.value()
+            return key
     return None
 
 
@@ -66,50 +85,72 @@ class Store:
         return self._created
 
     # --- reading --------------------------------------------------------------------------
-    def latest(self, bucket: int, digest: bytes) -> Optional[Record]:
-        """The newest value record of a call, or None if absent or deleted."""
-        found = self._find_newest(bucket, digest)
+    def latest(self, bucket: int, digest: bytes, with_value: bool = True) -> Optional[Record]:
+        """The newest value record of a call, or None if absent or deleted.
+
+        Raises :class:`DamagedRecordError` if the record fails its checksum, and
+        :class:`StoreFormatError` if a newer version wrote it. With ``with_value=False`` only
+        the header is read and checked (whether a result is stored, and by whom): the value is
+        never copied out of the memory map, however large. (py-lmdb still touches each page of
+        a value it hands out, to fault them in without the GIL: on a cold page cache that
+        reads the value from disk, though it copies nothing.)
+        """
+        prefix = keys.record_prefix(bucket, digest)
+        if with_value:
+            def decode(key: bytes, view) -> Record:  # a large value: copied once, as bytes
+                return decode_record(view, keys.sequence_of(key), True, prefix)
+            found = self._find_newest(prefix, decode, _LARGE)
+        else:
+            def decode(key: bytes, view) -> Record:
+                return decode_view(view, keys.sequence_of(key), prefix, with_value=False)
+            found = self._find_newest(prefix, decode, -1)
         if found is None:
             return None
-        key, data = found
-        record = decode_record(data, keys.sequence_of(key))
+        key, record = found
+        if record.__class__ is not Record:
+            record = decode_record(record, keys.sequence_of(key), True, prefix)
         return None if record.kind is _TOMBSTONE else record
 
     def load_latest(self, bucket: int, digest: bytes, load: Callable[[Record], T]
                     ) -> Optional[Tuple[Record, T]]:
         """``(newest value record, load(record))`` of a call, or None if absent or deleted.
 
-        A large value is handed to ``load`` as a view of the store's memory map, inside the
-        read transaction, and never copied (``load`` must not keep the view: ``pickle.loads``
-        copies what it needs); the returned record's ``value_blob`` is then empty.
+        The record's checksum is verified first (a damaged record raises
+        :class:`DamagedRecordError`; ``load`` never sees its bytes). A large value is handed to
+        ``load`` as a view of the store's memory map, inside the read transaction, and never
+        copied (``load`` must not keep the view: ``pickle.loads`` copies what it needs); the
+        returned record's ``value_blob`` is then empty.
         """
+        prefix = keys.record_prefix(bucket, digest)
+
         def in_place(key: bytes, view) -> Tuple[Record, Any]:
-            record = decode_view(view, keys.sequence_of(key))
+            record = decode_view(view, keys.sequence_of(key), prefix)
             if record.kind is _TOMBSTONE:
                 return record, None
             return record._replace(value_blob=b""), load(record)
 
-        found = self._find_newest(bucket, digest, in_place)
+        found = self._find_newest(prefix, in_place, _LARGE)
         if found is None:
             return None
         key, data = found
         if isinstance(data, tuple):  # a large value, loaded in place
             record, loaded = data
             return None if record.kind is _TOMBSTONE else (record, loaded)
-        record = decode_record(data, keys.sequence_of(key))
+        record = decode_record(data, keys.sequence_of(key), True, prefix)
         return None if record.kind is _TOMBSTONE else (record, load(record))
 
-    def _find_newest(self, bucket: int, digest: bytes, large=None):
+    def _find_newest(self, prefix: bytes, large, large_size: int):
         """``(key, value)`` of the call's newest record (see ``EnvironmentPool.newest``)."""
         if not self.exists():
             return None
-        prefix = keys.record_prefix(bucket, digest)
         try:
             return self._pool.newest(self.path, self.durability, prefix, prefix + _LAST,
-                                     large=large)
+                                     large=large, large_size=large_size)
         except StoreMissing:
             self._created = False
             return None
+        except _LMDB_DAMAGE as err:
+            raise damaged_store_error(self.path, err) from err
 
     def scan(self, bucket: Optional[int] = None, with_values: bool = True
              ) -> Iterator[Tuple[int, bytes, Record]]:
@@ -167,6 +208,8 @@ class Store:
         except StoreMissing:
             self._created = False
             return default
+        except _LMDB_DAMAGE as err:
+            raise damaged_store_error(self.path, err) from err
 
     # --- writing --------------------------------------------------------------------------
     def append(self, bucket: int, digest: bytes, record: Record,
@@ -176,28 +219,57 @@ class Store:
         ``meta`` is written once, with the store's first record, for maintenance tools.
         """
         prefix = keys.record_prefix(bucket, digest)
-        payload = encode_record(record)
+        return self._put(prefix, encode_record(record, prefix), meta)
 
+    def append_value(self, bucket: int, digest: bytes, write_value: Callable[[BinaryIO], str],
+                     *, created: float, compute_seconds: float, python_version: str,
+                     key_blob: bytes, meta: Optional[dict] = None) -> int:
+        """Append a value record whose value ``write_value(file)`` writes (returning the
+        serializer's name) straight into the record's buffer; return its sequence.
+
+        For results of any size: the value is held once more than the caller holds it, plus
+        LMDB's own copy while it writes (see :func:`records.build_record`). Whatever
+        ``write_value`` raises propagates, and nothing is written.
+        """
+        prefix = keys.record_prefix(bucket, digest)
+        payload = build_record(prefix, RecordKind.VALUE, created, compute_seconds,
+                               python_version, key_blob, write_value)
+        try:
+            return self._put(prefix, payload, meta)
+        finally:
+            payload.release()  # frees the buffer now, not when the caller's frame goes
+
+    def _put(self, prefix: bytes, payload, meta: Optional[dict]) -> int:
         def put(txn):
             if meta is not None and txn.get(keys.META_KEY) is None:
                 document = {"store_format": STORE_FORMAT, "created": time.time(), **meta}
                 txn.put(keys.META_KEY, json.dumps(document, sort_keys=True).encode("utf-8"))
-            newest = _newest(txn, prefix)
+            newest = _newest_key(txn, prefix)
             if newest is not None:
-                sequence = keys.sequence_of(newest[0]) + 1
+                sequence = keys.sequence_of(newest) + 1
             else:
                 first = txn.get(keys.FIRST_SEQUENCE_KEY)
                 sequence = keys.decode_sequence(first) if first is not None else 0
             txn.put(keys.record_key(prefix, sequence), payload)
             return sequence
 
-        sequence = self._pool.write(self.path, self.durability, put)
+        try:
+            sequence = self._pool.write(self.path, self.durability, put)
+        except _LMDB_DAMAGE as err:
+            raise damaged_store_error(self.path, err) from err
         self._created = True
         return sequence
 
     def delete(self, bucket: int, digest: bytes) -> bool:
-        """Append a tombstone if the call has a live value; return whether it had one."""
-        if self.latest(bucket, digest) is None:
+        """Append a tombstone if the call has a live value; return whether it had one.
+
+        Reads the newest record's header only (a large value is never copied). A record whose
+        header is damaged is not a live value: it is left as it is, for inspection.
+        """
+        try:
+            if self.latest(bucket, digest, with_value=False) is None:
+                return False
+        except DamagedRecordError:
             return False
         tombstone = Record(RecordKind.TOMBSTONE, time.time(), 0.0, "", "", b"", b"")
         self.append(bucket, digest, tombstone)
@@ -211,7 +283,10 @@ class Store:
         """
         if not self.exists():
             return 0
-        return self._pool.write(self.path, self.durability, _drop_all)
+        try:
+            return self._pool.write(self.path, self.durability, _drop_all)
+        except _LMDB_DAMAGE as err:
+            raise damaged_store_error(self.path, err) from err
 
     def compact(self, policy=None, *, dry_run: bool = False, progress=None):
         """Rebuild the store without superseded versions, tombstones and what ``policy``
@@ -302,8 +377,9 @@ def _emit(batch, pending, with_values: bool) -> None:
     _, key, value = pending
     bucket, digest, sequence = keys.split_key(key)
     try:
-        record = decode_record(value, sequence, with_value=with_values)
+        record = decode_record(value, sequence, with_value=with_values,
+                               prefix=bytes(key[:keys.PREFIX_SIZE]))
     except StoreFormatError:
-        return  # a newer writer's record: not ours to interpret; maintenance tools report it
+        return  # a newer writer's record, or a damaged one: `ptd verify` reports those
     if not record.is_tombstone:
         batch.append((bucket, digest, record))

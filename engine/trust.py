@@ -9,7 +9,8 @@ folder above it up to the persist root are checked against the sharing level:
 sharing     accepted owner and write bits               created folders / files
 ==========  ==========================================  ====================================
 ``no``      owned by you (or root); no group or other   ``0700`` / ``0600``
-            write bit (the default)
+            write bit (the default; group-write is
+            fine in your user-private group, below)
 ``group``   owned by you (or root), or its group is     ``2770`` / ``0660`` (setgid: new
             one of yours; group-writable only by one    entries keep the folder's group)
             of your groups; never writable by others
@@ -18,9 +19,24 @@ sharing     accepted owner and write bits               created folders / files
             processes)
 ==========  ==========================================  ====================================
 
+The same rule, through :func:`path_problem` and :func:`check_tree`, guards what the API layer
+reads besides stores: the settings folder and its files, and 0.0.7 bucket files.
+
 Why "its group is one of yours" is enough for another owner in ``group`` mode: an ordinary user
 can only give a file a group they belong to, so the owner is a member of that group too, and
 members of your own group are who ``group`` says you share with.
+
+**User-private groups.** Debian and Ubuntu give every user a group of their own (named after
+the user, their primary group, with nobody else in it) and a umask of 002, so the folders such
+a user makes are group-writable, yet nobody else can write them. Under ``no`` a group-write bit
+is therefore accepted when the group is proven to be yours alone -- the rule Debian patches into
+OpenSSH's ``StrictModes`` (``secure_permissions`` in misc.c, "Allow harmless group-writability",
+Debian bug #314347), applied fail-closed (:func:`private_group`): the group is your primary
+group and carries your user name, it lists no member but you, no other account has it as its
+primary group, and users and groups come from local files only (``/etc/nsswitch.conf``), so
+that the list of accounts checked is complete. Root never gets the exception (a root process
+is the most valuable target, and the root group is commonly given to others); a group with any
+other member is still refused unless ``shared = group``.
 
 Parents are checked up to the persist root and no further (``/``, ``/home`` or ``/tmp`` are not
 this library's business), and a parent with the sticky bit (like ``/tmp``) may be writable by
@@ -37,7 +53,7 @@ import pwd
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .errors import UntrustedFolderError
 
@@ -101,7 +117,17 @@ class TrustPolicy:
 
 _policy = TrustPolicy()
 _trusted_parents: Set[Tuple[str, Sharing]] = set()
+_private_groups: Dict[Tuple[int, int], bool] = {}  # (uid, gid) -> proven the user's own
 _lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    """A forked child gets a new lock: the parent's may have been held by another thread."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def set_policy(sharing, roots: Iterable[str] = ()) -> TrustPolicy:
@@ -125,6 +151,7 @@ def forget_checked() -> None:
     """Check every parent folder again on the next open (after a ``chmod``, in tests)."""
     with _lock:
         _trusted_parents.clear()
+        _private_groups.clear()
 
 
 def check_trusted(path: str, policy: Optional[TrustPolicy] = None) -> None:
@@ -216,7 +243,7 @@ def _problem(info: os.stat_result, sharing: Sharing, you: _You,
     if sharing is Sharing.NO:
         if not owned:
             return "owned by another user"
-        if mode & _GROUP_WRITE and not sticky:
+        if mode & _GROUP_WRITE and not sticky and not private_group(you.uid, info.st_gid):
             return "writable by its group"
         return None
     if not owned and not your_group:
@@ -229,6 +256,120 @@ def _problem(info: os.stat_result, sharing: Sharing, you: _You,
 def _describe(info: os.stat_result) -> str:
     return (f"mode {stat.filemode(info.st_mode)}, owner {_user_name(info.st_uid)}, "
             f"group {_group_name(info.st_gid)}")
+
+
+def private_group(uid: int, gid: int) -> bool:
+    """Whether the group ``gid`` is proven to be the user-private group of ``uid``, so that its
+    write bit lets nobody but ``uid`` write (see the module docstring). Fails closed: any
+    condition that cannot be proven is False. Remembered per process until
+    :func:`forget_checked` (it reads every account, and is asked only about group-writable
+    paths)."""
+    key = (uid, gid)
+    known = _private_groups.get(key)
+    if known is None:
+        known = _prove_private_group(uid, gid)
+        with _lock:
+            _private_groups[key] = known
+    return known
+
+
+def _prove_private_group(uid: int, gid: int) -> bool:
+    if uid == 0 or not _local_accounts():
+        return False
+    try:
+        user = pwd.getpwuid(uid)
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    if user.pw_gid != gid or group.gr_name != user.pw_name:
+        return False  # not the user's own primary group, named after them
+    if any(member != user.pw_name for member in group.gr_mem):
+        return False  # another supplementary member
+    return all(account.pw_uid == uid for account in pwd.getpwall() if account.pw_gid == gid)
+
+
+_NSSWITCH = "/etc/nsswitch.conf"
+_LOCAL_SOURCES = {"files", "systemd", "compat"}
+
+
+def _local_accounts() -> bool:
+    """Whether users and groups come only from local sources that list every account
+    (``files``, ``systemd``, or ``compat`` without NIS ``+``/``-`` entries): with LDAP, SSSD or
+    NIS an account sharing the group may exist that ``pwd.getpwall()`` does not list. A
+    missing or unreadable ``nsswitch.conf`` proves nothing."""
+    try:
+        with open(_NSSWITCH, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return False
+    sources: Dict[str, List[str]] = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        database, colon, rest = line.partition(":")
+        if colon and database.strip() in ("passwd", "group"):
+            if database.strip() in sources:
+                return False  # a duplicated line: which one glibc uses is not ours to guess
+            sources[database.strip()] = rest.split()
+    for database in ("passwd", "group"):
+        names = sources.get(database)
+        if not names or any(name not in _LOCAL_SOURCES for name in names):
+            return False  # none, another source, or an [action] item
+        if "compat" in names and not _no_nis_entries(f"/etc/{database}"):
+            return False
+    return True
+
+
+def _no_nis_entries(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return not any(line.startswith(("+", "-")) for line in handle)
+    except OSError:
+        return False
+
+
+def path_problem(target: str, sharing, info: Optional[os.stat_result] = None,
+                 sticky_allowed: bool = False) -> Optional[str]:
+    """``"<target> is <why> (<mode, owner, group>)"`` if the folder or file ``target`` may not be
+    trusted under ``sharing`` by the rule of this module, else None (also when it does not
+    exist). ``info``: its ``os.fstat`` when it is already open, so that what is checked is what
+    is read. For callers outside the cache (the settings folder, 0.0.7 bucket files), which
+    word their own error around it."""
+    if info is None:
+        try:
+            info = os.stat(target)
+        except FileNotFoundError:
+            return None
+    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        return f"{target} is not a regular file or folder ({_describe(info)})"
+    problem = _problem(info, Sharing.parse(sharing), _You(), sticky_allowed)
+    return None if problem is None else f"{target} is {problem} ({_describe(info)})"
+
+
+def check_tree(path: str, root: str, sharing, explain: Callable[[str, str], str]) -> None:
+    """Raise :class:`UntrustedFolderError` with ``explain(<the path refused>, <what
+    path_problem says about it>)`` unless ``path`` and every existing folder above it up to and
+    including ``root`` may be trusted under ``sharing`` (folders above ``root`` are the
+    caller's business; a sticky parent may be writable by others, as for the cache). Folders
+    found trustworthy are remembered as for stores."""
+    path = os.path.normpath(os.path.abspath(path))
+    root = os.path.normpath(os.path.abspath(root))
+    sharing = Sharing.parse(sharing)
+    problem = path_problem(path, sharing)
+    if problem is not None:
+        raise UntrustedFolderError(explain(path, problem))
+    if not (path == root or path.startswith(root.rstrip(os.sep) + os.sep)):
+        return  # not below root: only the path itself is ours to check
+    folder = path
+    while folder != root:
+        folder = os.path.dirname(folder)
+        key = (folder, sharing)
+        if key in _trusted_parents:
+            continue
+        problem = path_problem(folder, sharing, sticky_allowed=True)
+        if problem is not None:
+            raise UntrustedFolderError(explain(folder, problem))
+        with _lock:
+            _trusted_parents.add(key)
 
 
 def _user_name(uid: int) -> str:

@@ -14,9 +14,10 @@ from typing import Callable, Optional, Sequence, Union
 
 from . import settings as _settings
 from .engine import Durability, LockScope
-from .errors import (CacheMissError, ConfigError, CorruptStoreError, ForeignFolderError,
-                     PersistError, PersistWarning, StoreFormatError, UnkeyableArgumentError,
-                     UnpicklableResultError, UnsafeFilesystemError, UntrustedFolderError)
+from .errors import (CacheMissError, ConfigError, CorruptStoreError, EngineError,
+                     ForeignFolderError, PersistError, PersistWarning, StoreFormatError,
+                     UnkeyableArgumentError, UnpicklableResultError, UnsafeFilesystemError,
+                     UntrustedFolderError)
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE
 from .persisted import decorate
 
@@ -77,7 +78,7 @@ def persistf(func: Optional[Callable] = None, *,
 
 __all__ = [
     "CACHE", "CHECKONLY", "NOCACHE", "READONLY", "RECACHE", "CacheMissError", "ConfigError",
-    "CorruptStoreError", "Durability", "ForeignFolderError", "LockScope", "PersistError",
-    "PersistWarning", "StoreFormatError", "UnkeyableArgumentError", "UnpicklableResultError",
-    "UnsafeFilesystemError", "UntrustedFolderError", "config", "persistf",
+    "CorruptStoreError", "Durability", "EngineError", "ForeignFolderError", "LockScope",
+    "PersistError", "PersistWarning", "StoreFormatError", "UnkeyableArgumentError",
+    "UnpicklableResultError", "UnsafeFilesystemError", "UntrustedFolderError", "config", "persistf",
 ]

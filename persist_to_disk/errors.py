@@ -1,21 +1,20 @@
 """Errors and warnings of the public API.
 
 Every error names what it is about (the argument, the path, the function) and says what to do.
-Engine errors are re-exported here so users catch them from one place.
+Engine errors are re-exported here so users catch them from one place: every error, the
+engine's included, is a :class:`PersistError` (defined in ``engine/errors.py``, since the engine
+never imports this layer).
 """
 
 from .engine.errors import (  # noqa: F401  (re-exported)
     CorruptStoreError,
     EngineError,
     ForeignFolderError,
+    PersistError,
     StoreFormatError,
     UnsafeFilesystemError,
     UntrustedFolderError,
 )
-
-
-class PersistError(Exception):
-    """Base class of the errors raised by the decorator layer."""
 
 
 class UnkeyableArgumentError(PersistError, TypeError):

@@ -12,9 +12,11 @@ stable, documented place instead of an error:
 
 import inspect
 import os
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from .errors import ConfigError
+from .keying import _module_name
+from .normalization import escape_folder_name
 
 OUTSIDE_PROJECT_MODULES = "_modules"
 OUTSIDE_PROJECT_SCRIPTS = "_scripts"
@@ -41,16 +43,44 @@ def _inside(path: str, folder: str) -> bool:
         return False
 
 
-def module_parts(func: Callable, project_path: str) -> List[str]:
-    """Folder names between the project root and the function's folder."""
-    source = _source_file(func)
-    if not source:
-        return [INTERACTIVE]
+def _parts_inside_project(source: str, project_path: str) -> Optional[List[str]]:
+    """The path of the source file relative to the project folder, without ``.py``, as folder
+    names (``['pipeline', 'train']``); None if the file is not inside the project folder."""
     for path, folder in ((source, project_path),
                          (os.path.realpath(source), os.path.realpath(project_path))):
         if _inside(path, folder):
             relative = os.path.relpath(os.path.splitext(path)[0], folder)
             return relative.split(os.sep)
+    return None
+
+
+def function_name(func: Callable, project_path: str) -> str:
+    """``<module>.<qualname>``, the name recorded with a function's stores (``ptd ls``,
+    ``ptd stats NAME``).
+
+    A script run as ``python pipeline/train.py`` is the module ``__main__`` to Python, and
+    ``__main__`` says nothing about which script it was; when the script's file is inside the
+    project folder it is named by its path there instead (``pipeline.train``), the module
+    ``python -m pipeline.train`` or an import from the project folder gives, and the path its
+    cache folder already has. A script outside the project keeps ``__main__``.
+    """
+    module = _module_name(getattr(func, "__module__", None) or "__main__")
+    if module == "__main__":
+        source = _source_file(func)
+        parts = _parts_inside_project(source, project_path) if source else None
+        if parts:
+            module = ".".join(parts)
+    return f"{module}.{func.__qualname__}"
+
+
+def module_parts(func: Callable, project_path: str) -> List[str]:
+    """Folder names between the project root and the function's folder."""
+    source = _source_file(func)
+    if not source:
+        return [INTERACTIVE]
+    parts = _parts_inside_project(source, project_path)
+    if parts is not None:
+        return parts
     module = getattr(func, "__module__", None) or "__main__"
     if module != "__main__":
         return [OUTSIDE_PROJECT_MODULES, module]
@@ -64,7 +94,10 @@ def function_folder_name(func: Callable) -> str:
 
 
 def check_folder_name(name: str, argument: str) -> str:
-    """Reject groupby values that would not be a single, safe folder name."""
+    """The leaf folder name of the groupby text ``name`` (escaped off the store's own file
+    names: :func:`~.normalization.escape_folder_name`); ``ConfigError`` for texts that would not
+    be a single, safe folder name."""
+    folder = escape_folder_name(name)
     problem = None
     if name in ("", ".", ".."):
         problem = "is empty, '.' or '..'"
@@ -74,18 +107,21 @@ def check_folder_name(name: str, argument: str) -> str:
         # os.mkdir accepts some (surrogateescape) but LMDB encodes paths strictly: the folder
         # would be made, the result computed, and then the store could not be opened.
         problem = "contains a lone surrogate character (not text a file name can hold)"
-    elif len(name.encode("utf-8")) > MAX_FOLDER_NAME_BYTES:
-        problem = f"is longer than {MAX_FOLDER_NAME_BYTES} bytes"
+    elif len(folder.encode("utf-8")) > MAX_FOLDER_NAME_BYTES:
+        problem = (f"is longer than {MAX_FOLDER_NAME_BYTES} bytes" if folder == name else
+                   f"is, as the folder name {folder[:80]!r}, longer than "
+                   f"{MAX_FOLDER_NAME_BYTES} bytes")
     if problem:
         raise ConfigError(
             f"groupby argument {argument!r} has the value {name[:80]!r}, which {problem} and so "
             "cannot name a cache folder. Pass a value whose text is a plain folder name, or "
             "remove the argument from groupby."
         )
-    return name
+    return folder
 
 
 def leaf_folder(function_folder: str, groupby: Sequence, folder_names: Sequence[str]) -> str:
-    for spec, name in zip(groupby, folder_names):
+    """The store folder of a call whose groupby values have the texts ``folder_names``."""
+    return os.path.join(function_folder, *(
         check_folder_name(name, "$$".join(spec) if isinstance(spec, tuple) else spec)
-    return os.path.join(function_folder, *folder_names)
+        for spec, name in zip(groupby, folder_names)))

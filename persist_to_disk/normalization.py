@@ -18,6 +18,7 @@ Where 0.0.7 is ambiguous we keep calls apart instead, so two different calls nev
 
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
+from .engine.generations import FREE_NAME_MARK, is_internal_name
 from .errors import UnkeyableArgumentError
 
 GroupSpec = Union[str, Tuple[str, ...]]
@@ -81,7 +82,8 @@ class Normalizer:
 
 
 def group_folder_names(groupby: Sequence[GroupSpec], values: Tuple[Any, ...]) -> Tuple[str, ...]:
-    """Folder names of the groupby values: ``str(value)``, tuple groups joined with ``$$``."""
+    """Texts of the groupby values: ``str(value)``, tuple groups joined with ``$$`` (their folder
+    names, once :func:`escape_folder_name` has kept them off the store's own names)."""
     names = []
     for spec, value in zip(groupby, values):
         if isinstance(spec, tuple):
@@ -89,3 +91,31 @@ def group_folder_names(groupby: Sequence[GroupSpec], values: Tuple[Any, ...]) ->
         else:
             names.append(str(value))
     return tuple(names)
+
+
+def _needs_escape(text: str) -> bool:
+    """Whether ``text`` is escaped: it is one of a store's own names, or it is the escaped
+    spelling of one (``%lock.mdb``, ``%%lock.mdb``, ...), which must then be escaped in turn."""
+    while text.startswith(FREE_NAME_MARK):
+        text = text[len(FREE_NAME_MARK):]
+    return is_internal_name(text)
+
+
+def escape_folder_name(text: str) -> str:
+    """The leaf folder name of a groupby value's text: the text itself, except for names the
+    storage engine keeps for itself (``lock.mdb``, ``data.mdb``, ``CURRENT``, ``locks``,
+    ``gen-1``, ``func.lock``, ``*.tmp``: :func:`~engine.generations.is_internal_name`), which get
+    a ``%`` in front. A leaf named like a store's own file would break the store above it (the
+    function's folder is a store too once its groupby changed) or be deleted by its
+    compaction. Texts that are escaped spellings of such names (``%lock.mdb``) get one more
+    ``%``, so two values never share a folder; every other text, every ordinary value's folder
+    of earlier versions included, is its own folder name."""
+    return FREE_NAME_MARK + text if _needs_escape(text) else text
+
+
+def unescape_folder_name(name: str) -> str:
+    """The groupby text a leaf folder name stands for (the inverse of
+    :func:`escape_folder_name`): 0.0.7, which has no store files, names that folder so."""
+    if name.startswith(FREE_NAME_MARK) and _needs_escape(name[len(FREE_NAME_MARK):]):
+        return name[len(FREE_NAME_MARK):]
+    return name

@@ -13,12 +13,14 @@
 
 import functools
 import inspect
+import logging
 import math
 import os
 import sys
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -28,17 +30,19 @@ from .binding import CallBinder
 from .settings import Config, parse_hashsize
 from .engine import (Durability, EngineError, LockScope, Record, RecordKind, Store,
                      StoreFormatError, Timeout, check_folder, check_trusted,
-                     ensure_local_filesystem, lock_path, scope_lock, store_exists)
+                     compute_lock, ensure_local_filesystem, lock_place, store_exists)
 from .errors import CacheMissError, ConfigError, PersistWarning
-from .keying import (CallKeyer, UnkeyableValue, _module_name, bucket_of, call_digest,
-                     value_digest)
-from .locations import function_folder_name, leaf_folder, module_parts
+from .keying import CallKeyer, CapturedValues, _module_name, bucket_of, call_digest
+from .locations import function_folder_name, function_name, leaf_folder, module_parts
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE, parse_mode
 from .normalization import GroupSpec, Normalizer, group_folder_names
-from .serialization import (PYTHON_VERSION, IncompatibleRecord, check_loadable, dumps, dumps_key,
-                            loads)
+from .serialization import (PYTHON_VERSION, IncompatibleRecord, check_loadable, dump_into,
+                            dumps_key, loads)
+from .engine.records import DamagedRecordError
+from .errors import CorruptStoreError, UnpicklableResultError
 
 HASH_METHODS = ("pickle", "json")
+log = logging.getLogger("persist_to_disk")
 
 
 @dataclass(frozen=True)
@@ -190,14 +194,18 @@ class PersistedFunction:
         self.config = config
         self.binder = binder
         self.options = options
-        module = _module_name(getattr(func, "__module__", None) or "__main__")
-        self.name = f"{module}.{func.__qualname__}"  # `python -m pkg.mod` names pkg.mod
+        self.name = function_name(func, config.get_project_path())  # never "__main__.f"
         self.normalizer = Normalizer(options.skip_kwargs, options.expand_dict_kwargs,
                                      options.groupby)
         self.group_names = tuple("$$".join(spec) if isinstance(spec, tuple) else spec
                                  for spec in options.groupby)
-        self.closure_key = closure_key(func, options.skip_kwargs)
-        self._resolve_lock = threading.Lock()
+        # What a closure captures, keyed as it is at each call (None: it captures nothing).
+        self.captured = captured_values(func, options.skip_kwargs)
+        if self.captured is not None:
+            self.captured.current()  # report values that cannot be keyed at decoration already
+            self.func = _bracketing_runs(func, self.captured)
+        self._resolve_lock = threading.Lock()  # replaced in a forked child: _after_fork_in_child
+        _INSTANCES.add(self)
         self._version = None
         self._leaves: Dict[Tuple[str, ...], Store] = {}
         self._metas: Dict[str, dict] = {}
@@ -207,6 +215,13 @@ class PersistedFunction:
         self.hashsize = 0
         self.scope = LockScope.CALL
         self.durability = Durability.STANDARD
+
+    @property
+    def closure_key(self) -> Tuple[Tuple[str, bytes], ...]:
+        """The key entries of the captured variables as they are now (``()`` for a function
+        that captures none, or whose captured values are all empty, skipped or unkeyable)."""
+        captured = self.captured
+        return captured.current()[2] if captured is not None else ()
 
     # --- where the cache is ---------------------------------------------------------------
     def resolve(self) -> None:
@@ -275,7 +290,8 @@ class PersistedFunction:
                 keyer = self._keyer
             except AttributeError:
                 keyer = self._keyer = CallKeyer(
-                    self.binder.bind, options.skip_kwargs, self.closure_key,
+                    self.binder.bind, options.skip_kwargs,
+                    self.captured if self.captured is not None else (),
                     plannable=not (options.groupby or options.expand_dict_kwargs))
             digest = keyer.digest(args, kwargs)
             if digest is not None:
@@ -312,10 +328,15 @@ class PersistedFunction:
     def _load(self, store: Store, bucket: int, digest: bytes, value: bool = True
               ) -> Tuple[bool, Any]:
         """``(found, result)``; with ``value=False`` only whether a loadable-looking record is
-        there (CHECKONLY needs no unpickling of what may be a large result)."""
+        there: its header is read and checked, the value is neither copied nor unpickled
+        (CHECKONLY, ``is_cached()``: the result may be large).
+
+        A record that fails its checksum (damaged on disk) is a miss with a warning, never a
+        value; it is kept for inspection, and the call stores a newer version.
+        """
         try:
             if not value:
-                record = store.latest(bucket, digest)
+                record = store.latest(bucket, digest, with_value=False)
                 if record is None:
                     return False, None
                 check_loadable(record.serializer, record.python_version)
@@ -324,6 +345,12 @@ class PersistedFunction:
             if found is None:
                 return False, None
             return True, found[1]
+        except DamagedRecordError as err:
+            self._warn_once(store.path, "damaged",
+                            f"A stored result of {self.name} in {store.path} is damaged ({err}); "
+                            "computing it again and storing a newer version. The damaged record "
+                            f"is kept for inspection: run `ptd verify {store.path}`.")
+            return False, None
         except (IncompatibleRecord, StoreFormatError) as err:
             self._warn_once(store.path, "load",
                             f"A stored result of {self.name} in {store.path} {err}; computing it "
@@ -336,12 +363,14 @@ class PersistedFunction:
 
     def _compute(self, store: Store, bucket: int, digest: bytes, key: tuple, args: tuple,
                  kwargs: dict, mode: int) -> Any:
-        path = lock_path(self.scope, store.path, bucket, self.project_root)
-        locked = False
+        path, offset = lock_place(self.scope, store.path, digest, self.project_root)
+        lock = compute_lock(path, offset, self.options.lock_timeout, call=digest)
         try:
-            lock = scope_lock(path, self.options.lock_timeout)
-            lock.acquire()
-            locked = True
+            unlocked_because = lock.acquire()
+            if unlocked_because is not None:  # a nested call that must not wait: never hang
+                log.warning("Computing %s without its compute lock: %s. The result is stored "
+                            "as usual; at worst another process computes the same call too.",
+                            self.name, unlocked_because)
         except Timeout:
             self._warn_once(store.path, "lock",
                             f"Could not lock {path} within {self.options.lock_timeout}s; "
@@ -362,8 +391,7 @@ class PersistedFunction:
             self._save(store, bucket, digest, key, value, elapsed)
             return value
         finally:
-            if locked:
-                lock.release()
+            lock.release()
 
     def _load_or_imported(self, store: Store, bucket: int, digest: bytes, key: tuple
                           ) -> Tuple[bool, Any]:
@@ -387,11 +415,32 @@ class PersistedFunction:
 
     def _save(self, store: Store, bucket: int, digest: bytes, key: tuple, value: Any,
               compute_seconds: float) -> None:
-        blob, serializer = dumps(value, f"The result of {self.name}")
-        record = Record(RecordKind.VALUE, time.time(), compute_seconds, serializer,
-                        PYTHON_VERSION, dumps_key(key), blob)
+        """Store a computed result; never raise for what only costs caching (the caller returns
+        the result whatever happens here).
+
+        The result is pickled straight into the record's buffer (one copy of it besides the
+        object, plus LMDB's while it writes). A result that neither pickle nor cloudpickle can
+        serialize is not stored: warned once per function, and every call computes it.
+        """
+        what = f"The result of {self.name}"
         try:
-            store.append(bucket, digest, record, meta=self._meta(store))
+            store.append_value(bucket, digest, lambda out: dump_into(out, value, what),
+                               created=time.time(), compute_seconds=compute_seconds,
+                               python_version=PYTHON_VERSION, key_blob=dumps_key(key),
+                               meta=self._meta(store))
+        except UnpicklableResultError as err:
+            result_type = type(value)
+            self._warn_once("", "unpicklable",
+                            f"{self.name} returned a {result_type.__module__}."
+                            f"{result_type.__qualname__}, which neither pickle nor cloudpickle "
+                            f"can serialize ({_cause(err)}). The result is returned but not "
+                            "cached, so every call computes it again. Return a picklable value "
+                            "(for example the path of a file you save yourself), or call it "
+                            "with cache_switch=0 (NOCACHE) where it cannot be cached.")
+        except CorruptStoreError as err:
+            self._warn_once(store.path, "save",
+                            f"Could not store the result of {self.name}: {err} The call "
+                            "returns its result, but it is not cached.")
         except EngineError:
             raise
         except (lmdb.Error, OSError) as err:
@@ -429,20 +478,27 @@ class PersistedFunction:
         return sum(store.clear() for store in self.stores())
 
     def is_cached(self, args: tuple, kwargs: dict) -> bool:
-        """Whether a result is stored (by its record's metadata; the value is not unpickled),
-        whatever mode ``cache=`` forces on calls. A stored value whose class has since gone
-        still counts, though the next call recomputes it."""
+        """Whether a result is stored (by its record's header; the value is neither copied nor
+        unpickled), whatever mode ``cache=`` forces on calls. A stored value whose class has
+        since gone still counts, though the next call recomputes it; a record whose header is
+        damaged does not."""
         kwargs.pop(self.options.switch_kwarg, None)
         store, bucket, digest, _ = self.locate(args, kwargs)
         return self._load(store, bucket, digest, value=False)[0]
 
     def forget(self, args: tuple, kwargs: dict) -> bool:
+        """Append a tombstone if a result is stored (its header is read, never its value)."""
         kwargs.pop(self.options.switch_kwarg, None)
         store, bucket, digest, _ = self.locate(args, kwargs)
         return store.delete(bucket, digest)
 
 
 _PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cause(err: Exception) -> str:
+    cause = err.__cause__ or err
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _load_value(record: Record) -> Any:
@@ -476,47 +532,86 @@ def captured_names(func: Callable) -> Tuple[str, ...]:
                  for name in getattr(getattr(layer, "__code__", None), "co_freevars", ()))
 
 
-def closure_key(func: Callable, skip: Sequence[str] = ()) -> Tuple[Tuple[str, Any], ...]:
-    """Key entries for the variables a nested function captures from its enclosing function.
+def captured_values(func: Callable, skip: Sequence[str] = ()) -> Optional[CapturedValues]:
+    """What a nested function captures from its enclosing function, keyed at every call
+    (:class:`~.keying.CapturedValues`); None when it captures nothing.
 
     Closures made by one factory (``make(k)`` returning a decorated ``add`` that uses ``k``)
-    share a folder and a name, so what they captured must be part of every call's key, for the
+    share a folder and a name, so what they capture must be part of every call's key, for the
     function and for every wrapper decorator layer around it. Names start with ``<closure>`` so
-    they can never meet a parameter. A captured value that cannot be keyed is left out with a
-    warning, since closures differing in it would share results; names in ``skip`` (the
-    decorator's ``skip_kwargs``) are left out silently, for values that change every run but
-    not the result (a start time for logging, say). The entries hold the digest of each value
-    as it was at decoration (a captured list the function appends to must not change the key
-    of every later call).
+    they can never meet a parameter. The values are read when the function is called, not when
+    it is decorated: a variable assigned after the ``def`` (``model = load(name)``), rebound
+    with ``nonlocal`` or a dict filled later is keyed as the call sees it. What the function
+    changes in a captured value while it runs (a list of calls it appends to) is not: later
+    calls key that value as it was before the run (see :class:`~.keying.CapturedValues`). A
+    captured value that cannot be keyed is left out with a warning (once per variable), since
+    closures differing in it would share results; names in ``skip`` (the decorator's
+    ``skip_kwargs``) are left out silently, for values the caller changes without changing the
+    result (a start time for logging). The function itself and the layers of the wrapper chain
+    (recursion, a wrapper's reference to what it wraps) are never keyed.
     """
     layers = _layers(func)
-    entries = []
+    layer_ids = frozenset(id(layer) for layer in layers)
+
+    def is_layer(value: Any, _alive: tuple = tuple(layers)) -> bool:  # (ids stay theirs)
+        """The next layer of the chain, or a reference back to it (the decorated wrapper)."""
+        return id(value) in layer_ids or id(getattr(value, "__wrapped__", None)) in layer_ids
+
+    captured = []
     for depth, layer in enumerate(layers):
         cells = getattr(layer, "__closure__", None) or ()
         names = getattr(getattr(layer, "__code__", None), "co_freevars", ())
         for name, cell in zip(names, cells):
-            if name in skip:
-                continue
-            try:
-                value = cell.cell_contents
-            except ValueError:  # not assigned yet: the function itself, for recursion
-                continue
-            if any(value is other or getattr(value, "__wrapped__", None) is other
-                   for other in layers):
-                continue  # the next layer of the chain, or a reference back to it
-            try:
-                snapshot = value_digest(value)
-            except (UnkeyableValue, RecursionError) as err:
-                warnings.warn(
-                    f"persistf on {func.__qualname__}: the captured variable {name!r} cannot be "
-                    f"part of the cache key ({err}); closures that differ only in it will share "
-                    "cached results. Pass it as an argument instead, or list it in skip_kwargs "
-                    "if it does not change the result.", PersistWarning,
-                    stacklevel=_caller_stacklevel())
-                continue
-            label = f"<closure>{name}" if depth == 0 else f"<closure{depth}>{name}"
-            entries.append((label, snapshot))
-    return tuple(entries)
+            if name not in skip:
+                label = f"<closure>{name}" if depth == 0 else f"<closure{depth}>{name}"
+                captured.append((name, label, cell))
+    if not captured:
+        return None
+    return CapturedValues(captured, is_layer,
+                          functools.partial(_warn_unkeyable_captured, func.__qualname__),
+                          func.__qualname__)
+
+
+def _bracketing_runs(func: Callable, captured: CapturedValues) -> Callable:
+    """``func``, telling ``captured`` when each run starts and ends (also when it raises), so
+    that what a run changes in place in a captured value (a list of calls it appends to, a
+    dict it memoizes into) is keyed as it was before the run: later calls keep hitting,
+    without naming the variable in skip_kwargs."""
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        started = captured.begin_run()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            captured.end_run(started)
+    return run
+
+
+def _warn_unkeyable_captured(qualname: str, name: str, err: Exception) -> None:
+    warnings.warn(
+        f"persistf on {qualname}: the captured variable {name!r} cannot be part of the cache key "
+        f"({err}); closures that differ only in it will share cached results. Pass it as an "
+        "argument instead, or list it in skip_kwargs if it does not change the result.",
+        PersistWarning, stacklevel=_caller_stacklevel())
+
+
+#: Every PersistedFunction of this process, for the fork hook below.
+_INSTANCES: "weakref.WeakSet[PersistedFunction]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Give every decorated function a new resolve lock in a forked child: the child has only
+    the thread that forked, so a lock another thread of the parent held at the fork (during
+    a function's first call) would be held there for ever, and the child's first call of that
+    function would hang. What that thread was resolving is redone: ``_version`` is set last."""
+    for persisted in list(_INSTANCES):
+        persisted._resolve_lock = threading.Lock()
+        if persisted.captured is not None:  # a closure's runs under way: see after_fork
+            persisted.captured.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def decorate(func: Callable, config: Config, **options) -> Callable:

@@ -6,9 +6,10 @@ each record says which serializer and Python wrote it, and a cloudpickle payload
 Python minor version is treated as a miss (recomputed), never loaded.
 """
 
+import io
 import pickle
 import platform
-from typing import Any, Tuple
+from typing import Any, BinaryIO, Tuple
 
 from .errors import UnpicklableResultError
 
@@ -22,30 +23,47 @@ class IncompatibleRecord(Exception):
     """A stored value this interpreter must not or cannot load; the caller recomputes."""
 
 
-def dumps(value: Any, what: str) -> Tuple[bytes, str]:
-    """Serialize ``value``; return ``(blob, serializer tag)``.
+def dump_into(file: BinaryIO, value: Any, what: str) -> str:
+    """Serialize ``value`` into ``file`` from its current position; return the serializer tag.
 
-    ``what`` names the value in the error message (for example "the result of train()").
+    Writing into the store's record buffer, not into bytes of its own, is what keeps a large
+    result from being held three times while it is stored. If pickle fails part way, what it
+    wrote is truncated away before cloudpickle tries. ``what`` names the value in the error
+    (for example "the result of train()"); :class:`UnpicklableResultError` if neither can.
     """
+    start = file.tell()
     try:
-        return pickle.dumps(value, protocol=PICKLE_PROTOCOL), PICKLE_TAG
+        pickle.dump(value, file, protocol=PICKLE_PROTOCOL)
+        return PICKLE_TAG
     except Exception as pickle_error:  # PicklingError, TypeError, AttributeError, ...
+        error = pickle_error
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - cloudpickle is a runtime dependency
+        cloudpickle = None
+    if cloudpickle is not None:
+        file.seek(start)
+        file.truncate()
         try:
-            import cloudpickle
-        except ImportError:  # pragma: no cover - cloudpickle is a runtime dependency
-            cloudpickle = None
-        if cloudpickle is not None:
-            try:
-                blob = cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
-                return blob, f"cloudpickle:{cloudpickle.__version__}"
-            except Exception as cloud_error:
-                pickle_error = cloud_error
-        raise UnpicklableResultError(
-            f"{what} cannot be stored: neither pickle nor cloudpickle can serialize a "
-            f"{type(value).__qualname__} ({pickle_error}). Nothing was written. Return a "
-            "picklable value (for example the path of a file you save yourself), or call with "
-            "cache_switch=0 (NOCACHE) for this call."
-        ) from pickle_error
+            cloudpickle.dump(value, file, protocol=PICKLE_PROTOCOL)
+            return f"cloudpickle:{cloudpickle.__version__}"
+        except Exception as cloud_error:
+            error = cloud_error
+    file.seek(start)
+    file.truncate()
+    raise UnpicklableResultError(
+        f"{what} cannot be stored: neither pickle nor cloudpickle can serialize a "
+        f"{type(value).__qualname__} ({type(error).__name__}: {error}). Nothing was written. "
+        "Return a picklable value (for example the path of a file you save yourself), or call "
+        "with cache_switch=0 (NOCACHE) for this call."
+    ) from error
+
+
+def dumps(value: Any, what: str) -> Tuple[bytes, str]:
+    """Serialize ``value``; return ``(blob, serializer tag)`` (see :func:`dump_into`)."""
+    out = io.BytesIO()
+    serializer = dump_into(out, value, what)
+    return out.getvalue(), serializer
 
 
 def check_loadable(serializer: str, python_version: str) -> None:

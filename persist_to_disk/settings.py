@@ -16,18 +16,30 @@ processes -- a ``multiprocessing`` pool started with ``spawn``, which never runs
 
 ``shared`` also tells the engine which cache folders it may load (``engine/trust.py``): the
 sharing level and the persist paths are handed to it whenever the settings load or change.
+
+The settings folder itself is checked before anything in it is read (``projects.py`` explains
+why): it, ``config.ini`` and ``project_to_pids.txt`` must pass the cache's trust rule at the
+sharing level given by ``PERSIST_TO_DISK_SHARED`` or ``config.set_shared`` -- never by the
+``shared`` written in that ``config.ini`` -- and ``no`` when neither says otherwise.
+
+``config.ini`` is read as written: no ``%`` interpolation (a ``%`` in a path is just a ``%``),
+and it must be UTF-8 text; anything wrong with the settings is a :class:`ConfigError` (or an
+``UntrustedFolderError``) naming the file or variable and what to do.
 """
 
 import configparser
+import io
 import os
+import tempfile
 import threading
 import warnings
+import weakref
 from typing import Any, Dict
 
 from .engine import Durability, LockScope, MAX_BUCKET, make_private_dirs
 from .engine import trust
 from .errors import ConfigError, PersistWarning
-from .projects import project_id
+from .projects import check_project_path, check_settings_folder, project_id, read_settings_file
 
 SETTINGS_ENV = "PERSIST_TO_DISK_HOME"
 SECTION = "global_settings"
@@ -41,6 +53,32 @@ ENV_PREFIX = "PERSIST_TO_DISK_"
 def settings_folder() -> str:
     return os.path.abspath(os.path.expanduser(
         os.environ.get(SETTINGS_ENV) or os.path.join("~", ".persist_to_disk")))
+
+
+def settings_folder_source() -> str:
+    """What chose the settings folder, for messages."""
+    if os.environ.get(SETTINGS_ENV):
+        return f"set by the environment variable {SETTINGS_ENV}"
+    return "the default settings folder"
+
+
+def settings_sharing() -> "trust.Sharing":
+    """The sharing level the settings folder and its files are checked at: the environment
+    variable (which ``Config.set_shared`` exports too), else ``no``; never config.ini's own
+    ``shared``, since a file may not vouch for the folder it is written in."""
+    name = ENV_PREFIX + "SHARED"
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return trust.Sharing.NO
+    try:
+        return trust.Sharing.parse(value)
+    except ValueError as err:
+        raise ConfigError(f"environment variable {name}: {err}") from None
+
+
+def _config_parser() -> configparser.ConfigParser:
+    """A parser that reads values as written: a ``%`` in a path is a ``%``."""
+    return configparser.ConfigParser(interpolation=None)
 
 
 def parse_hashsize(value: Any, where: str) -> int:
@@ -63,6 +101,20 @@ def _current_directory() -> str:
         return os.path.expanduser("~")
 
 
+_instances: "weakref.WeakSet[Config]" = weakref.WeakSet()
+
+
+def _reset_locks_after_fork() -> None:
+    """Give every Config a new lock in a forked child: the parent's may have been held by
+    another thread (loading the settings, for example), which does not exist in the child, so
+    the child would wait for it forever."""
+    for config in list(_instances):
+        config._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
+
+
 class Config:
     """The settings every decorated function reads at call time.
 
@@ -72,6 +124,7 @@ class Config:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        _instances.add(self)
         self._loaded = False
         self._settings: Dict[str, Any] = {}
         self._project_path = self._initial_project_path()
@@ -111,10 +164,14 @@ class Config:
                 return
             values = self._defaults()
             path = self.config_path
-            if os.path.isfile(path):
-                parser = configparser.ConfigParser()
+            sharing = settings_sharing()
+            text = None
+            if check_settings_folder(settings_folder(), sharing, settings_folder_source()):
+                text = read_settings_file(path, sharing)
+            if text is not None:
+                parser = _config_parser()
                 try:
-                    parser.read(path, encoding="utf-8")
+                    parser.read_string(text, source=path)
                 except configparser.Error as err:
                     raise ConfigError(f"{path} cannot be parsed ({err}). Fix it, or delete it "
                                       "and run persist_to_disk.config.generate_config().") from err
@@ -168,7 +225,10 @@ class Config:
     def _folder(cls, path: str, where: str) -> str:
         """``path`` made absolute; a ConfigError if it names an existing file (every store
         below it would fail, call after call, with a warning that hides the cause)."""
-        folder = cls._absolute(path)
+        try:
+            folder = cls._absolute(path)
+        except (ValueError, OSError) as err:  # a NUL character, a working folder deleted
+            raise ConfigError(f"{where}: {path!r} is not a usable path ({err}).") from None
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise ConfigError(f"{where}: {folder} is a file, not a folder; point it at a folder "
                               "(it is created if missing).")
@@ -190,9 +250,13 @@ class Config:
 
     # --- the seed's API -------------------------------------------------------------------
     def generate_config(self) -> str:
-        """Write the current settings to ``config.ini`` in the settings folder; return its path."""
+        """Write the current settings to ``config.ini`` in the settings folder; return its path.
+
+        The file is written owner-only and atomically (a temporary file renamed over the old
+        one), and only once it is known to read back as these settings.
+        """
         self._ensure_loaded()
-        parser = configparser.ConfigParser()
+        parser = _config_parser()
         parser[SECTION] = {
             "persist_path": self._settings["persist_path"],
             "persist_path_local": self.get_persist_path(local=True),
@@ -201,10 +265,34 @@ class Config:
             "durability": self._settings["durability"].value,
             "shared": self._settings["shared"].value,
         }
-        make_private_dirs(settings_folder())
-        path = self.config_path
-        with open(path, "w", encoding="utf-8") as handle:
-            parser.write(handle)
+        folder, path = settings_folder(), self.config_path
+        text = _written(parser, path)
+        try:
+            make_private_dirs(folder)
+        except OSError as err:
+            raise ConfigError(f"Cannot create the settings folder {folder} "
+                              f"({settings_folder_source()}): {err}. Point the environment "
+                              f"variable {SETTINGS_ENV} at a folder you can write.") from None
+        check_settings_folder(folder, settings_sharing(), settings_folder_source())
+        temporary = None
+        try:
+            fd, temporary = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+            temporary = None
+        except OSError as err:
+            raise ConfigError(f"Cannot write {path} ({err}). The settings folder {folder} "
+                              f"must be a folder you can write; point {SETTINGS_ENV} at "
+                              "one.") from None
+        finally:
+            if temporary is not None:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
         print(f"Settings written to {path}")
         return path
 
@@ -235,7 +323,7 @@ class Config:
     def set_project_path(self, path: str) -> str:
         """The folder whose layout the cache tree mirrors (default: the working directory)."""
         with self._lock:
-            self._project_path = self._absolute(path)
+            self._project_path = check_project_path(self._absolute(path), "set_project_path:")
             self._export("project_path", self._project_path)
             self.version += 1
         return self._project_path
@@ -289,7 +377,8 @@ class Config:
         root = self._project_roots.get(key)
         if root is None:
             name = os.path.basename(project_path) or "root"
-            pid = project_id(settings_folder(), project_path)
+            pid = project_id(settings_folder(), project_path, settings_sharing(),
+                             settings_folder_source())
             root = os.path.join(persist_path, f"{name}-{pid}")
             self._project_roots[key] = root
         return root
@@ -298,3 +387,30 @@ class Config:
         loaded = self._settings if self._loaded else "(not loaded yet)"
         return f"Config(project_path={self._project_path!r}, settings={loaded})"
 
+
+def _written(parser: configparser.ConfigParser, path: str) -> str:
+    """The text of ``parser``, after checking that reading it back (as ``_ensure_loaded``
+    reads) gives every value as it is: a value configparser cannot carry (leading or
+    trailing spaces, a line break, text that is not UTF-8) is a ConfigError naming it."""
+    buffer = io.StringIO()
+    parser.write(buffer)
+    text = buffer.getvalue()
+    check = _config_parser()
+    try:
+        check.read_string(text, source=path)
+    except configparser.Error as err:
+        raise ConfigError(f"Cannot write {path}: the settings would not read back ({err}). "
+                          "Set the odd value with its environment variable instead.") from None
+    for key, value in parser[SECTION].items():
+        problem = None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "is not text that can be saved as UTF-8"
+        if problem is None and check[SECTION].get(key, "").strip() != value:
+            problem = "would not read back as written (leading or trailing spaces, a line break)"
+        if problem:
+            raise ConfigError(f"Cannot write {path}: {key} = {value!r} {problem}. Choose another "
+                              f"value, or set it with the environment variable "
+                              f"{ENV_PREFIX}{key.upper()} instead.")
+    return text

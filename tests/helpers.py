@@ -32,16 +32,16 @@ def counting(**options):
     return compute, calls
 
 
-def flock_held_elsewhere(path) -> bool:
-    """Whether another open file description (another process, or a lock object of ours) holds
-    the ``flock`` on ``path``: a fresh descriptor of our own tries it without waiting."""
+def lock_held_elsewhere(path, offset: int = 0) -> bool:
+    """Whether anyone, this process included, holds the compute lock at byte ``offset`` of
+    ``path`` (POSIX record locks: an open-file-description lock query conflicts with them even
+    when this process holds them)."""
+    import struct
     fd = os.open(path, os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
+        query = struct.Struct("hhqqi4x")  # Linux struct flock
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK,
+                             query.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
+        return query.unpack(answer)[0] != fcntl.F_UNLCK
     finally:
         os.close(fd)

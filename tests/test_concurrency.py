@@ -30,9 +30,9 @@ import time
 import pytest
 
 import concurrency_workers as workers
-from helpers import flock_held_elsewhere
+from helpers import lock_held_elsewhere
 import persist_to_disk as ptd
-from persist_to_disk.engine import POOL, lock_path
+from persist_to_disk.engine import POOL, lock_place
 
 START_METHODS = ["fork", "spawn"]
 WAIT_LIMIT = 60.0  # seconds before a job that has not finished counts as hung
@@ -127,11 +127,11 @@ def arguments_in_different_buckets(function):
 
 
 def lock_is_held_by_another_process(function, x) -> bool:
-    """Whether someone holds the ``flock`` that a miss of ``function(x)`` would wait for."""
+    """Whether someone holds the compute lock that a miss of ``function(x)`` would wait for."""
     persisted = function.__persisted__
-    store, bucket, _, _ = persisted.locate((x,), {})
-    return flock_held_elsewhere(lock_path(persisted.scope, store.path, bucket,
-                                          persisted.project_root))
+    store, _, digest, _ = persisted.locate((x,), {})
+    return lock_held_elsewhere(*lock_place(persisted.scope, store.path, digest,
+                                           persisted.project_root))
 
 
 def overlap(first: dict, second: dict) -> bool:

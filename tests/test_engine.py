@@ -299,7 +299,7 @@ def test_a_record_survives_encoding_with_every_field(record):
         record, value_blob=b"")
 
 
-@pytest.mark.parametrize("format_byte", [0, 2, 255])
+@pytest.mark.parametrize("format_byte", [0, 3, 255])
 def test_a_record_of_an_unknown_format_raises_store_format_error(format_byte):
     data = bytearray(encode_record(record_for("call")))
     data[0] = format_byte
@@ -323,7 +323,7 @@ def test_a_lookup_of_a_record_written_by_a_newer_format_raises_store_format_erro
     store = Store(tmp_path / "leaf")
     store.append(0, digest_for("call"), record_for("old"))
     newer = bytearray(encode_record(record_for("new")))
-    newer[0] = 2
+    newer[0] = 3
     _put_raw(store, 0, digest_for("call"), 1, bytes(newer))
 
     with pytest.raises(StoreFormatError):
@@ -337,7 +337,7 @@ def test_stats_and_clear_still_work_when_a_newer_format_record_is_present(tmp_pa
     store.append(0, digest_for("call"), record_for("old"))
     store.append(1, digest_for("other"), record_for("other"))
     newer = bytearray(encode_record(record_for("new")))
-    newer[0] = 2
+    newer[0] = 3
     _put_raw(store, 0, digest_for("call"), 1, bytes(newer))
 
     assert store.stats().versions == 3
@@ -452,10 +452,10 @@ def test_a_cache_hit_through_the_decorator_takes_no_file_lock(monkeypatch):
     _tripled_calls.clear()
     assert _tripled(5) == 15  # the miss computes under the call's lock
 
-    def scope_lock_is_forbidden(*args, **kwargs):
+    def compute_lock_is_forbidden(*args, **kwargs):
         raise AssertionError("a cache lookup took a file lock")
 
-    monkeypatch.setattr(persisted_module, "scope_lock", scope_lock_is_forbidden)
+    monkeypatch.setattr(persisted_module, "compute_lock", compute_lock_is_forbidden)
 
     assert _tripled(5) == 15
     assert _tripled_calls == [5]

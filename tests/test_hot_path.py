@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import persist_to_disk as ptd
-from helpers import flock_held_elsewhere
+from helpers import lock_held_elsewhere
 from persist_to_disk.engine import Record, RecordKind, StoreFormatError, locks
 from persist_to_disk.engine.records import decode_record, encode_record
 from persist_to_disk.keying import CallKeyer, call_digest
@@ -213,8 +213,8 @@ def test_record_decoding_refuses_what_it_cannot_read():
     data[1] = 9
     with pytest.raises(StoreFormatError, match="kind 9"):
         decode_record(bytes(data))
-    data[0] = 2
-    with pytest.raises(StoreFormatError, match="format 2"):
+    data[0] = 3
+    with pytest.raises(StoreFormatError, match="format 3"):
         decode_record(bytes(data))
 
 
@@ -253,9 +253,9 @@ def test_a_lock_is_reentrant_in_its_thread_and_released_by_the_outermost_release
     inner = locks.scope_lock(path, timeout=0)
     inner.acquire()  # a nested cached call under the same lock: no deadlock
     inner.release()
-    assert flock_held_elsewhere(path), "the inner release unlocked the outer hold"
+    assert lock_held_elsewhere(path), "the inner release unlocked the outer hold"
     outer.release()
-    assert not flock_held_elsewhere(path)
+    assert not lock_held_elsewhere(path)
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
 
 
@@ -291,7 +291,7 @@ def test_another_process_holding_the_lock_excludes_us_until_it_dies(tmp_path, ho
     process.kill()
     process.wait()
     with locks.scope_lock(str(path), timeout=5):  # the kernel released the dead holder's lock
-        assert flock_held_elsewhere(path)
+        assert lock_held_elsewhere(path)
 
 
 def test_a_lock_file_deleted_under_a_kept_descriptor_is_opened_again(tmp_path, holder):
@@ -333,9 +333,9 @@ def test_a_forked_child_neither_inherits_nor_releases_the_parents_lock(tmp_path)
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert flock_held_elsewhere(path), "the child released the parent's lock"
+    assert lock_held_elsewhere(path), "the child released the parent's lock"
     hold.release()
-    assert not flock_held_elsewhere(path)
+    assert not lock_held_elsewhere(path)
 
 
 def test_open_lock_files_are_bounded_but_held_ones_stay_open(tmp_path, monkeypatch):
@@ -354,7 +354,7 @@ def test_open_lock_files_are_bounded_but_held_ones_stay_open(tmp_path, monkeypat
     holds = [locks.scope_lock(path) for path in paths[:5]]
     for hold in holds:
         hold.acquire()
-    assert all(flock_held_elsewhere(path) for path in paths[:5])  # none closed while held
+    assert all(lock_held_elsewhere(path) for path in paths[:5])  # none closed while held
     for hold in holds:
         hold.release()
     with locks.scope_lock(paths[5]):

@@ -12,7 +12,7 @@ name is set by ``switch_kwarg``) or for every call with the decorator's ``cache=
 * ``CHECKONLY`` (4) answers True/False and never computes.
 
 Results are pickled; what pickle cannot store goes through cloudpickle; what neither can store
-raises ``UnpicklableResultError`` and stores nothing. A stored record this interpreter must not
+is returned with a ``PersistWarning`` (once per function) and stores nothing. A stored record this interpreter must not
 or cannot load (cloudpickle from another Python minor version, a class that no longer exists) is
 a miss with a ``PersistWarning``, never a crash. A failure to write the store never loses the
 computed result: the call warns and returns it.
@@ -318,23 +318,31 @@ def _generator():
 
 @pytest.mark.parametrize("make_result", [_generator, threading.Lock],
                          ids=["generator", "threading.Lock"])
-def test_a_result_neither_serializer_can_store_raises_and_stores_nothing(ptd_env, make_result):
-    calls = []
+def test_a_result_neither_serializer_can_store_is_returned_with_one_warning_and_stores_nothing(
+        ptd_env, make_result):
+    """The function ran: its result is never thrown away (issue 10.8), only not cached."""
+    calls, results = [], []
 
     @ptd.persistf()
     def produce_unstorable(x):
         calls.append(x)
-        return make_result()
+        results.append(make_result())
+        return results[-1]
 
-    with pytest.raises(ptd.UnpicklableResultError, match="produce_unstorable") as raised:
-        produce_unstorable(1)
-    assert isinstance(raised.value, TypeError)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert produce_unstorable(1) is results[0]
+        assert produce_unstorable(1) is results[1]
+        assert produce_unstorable(2) is results[2]
+    (warning,) = persist_warnings(caught)  # once per function, not once per call
+    message = str(warning.message)
+    assert "produce_unstorable" in message and type(results[0]).__qualname__ in message
+    assert "not cached" in message and "picklable" in message and "NOCACHE" in message
     assert produce_unstorable.cache_info()["entries"] == 0
     assert produce_unstorable.cache_info()["versions"] == 0
     assert produce_unstorable.is_cached(1) is False
-    with pytest.raises(ptd.UnpicklableResultError):
-        produce_unstorable(1)
-    assert calls == [1, 1], "nothing was stored, so the next call computes again"
+    assert calls == [1, 1, 2], "nothing was stored, so every call computes"
+    assert issubclass(ptd.UnpicklableResultError, ptd.PersistError)  # still exported
 
 
 # --- records this interpreter must not or cannot load -----------------------------------------
@@ -421,7 +429,7 @@ def test_a_failed_store_write_returns_the_result_with_one_warning(error):
     compute, calls = counting()
     leaf = compute.__persisted__.locate((1,), {})[0].path
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Store, "append", fail)
+        patch.setattr(Store, "append_value", fail)
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 import persist_to_disk as ptd
 from persist_to_disk.engine import (
     POOL, Sharing, Store, TrustPolicy, UnsafeFilesystemError, UntrustedFolderError, filesystem,
-    lock_path, trust,
+    lock_place, trust,
 )
 from persist_to_disk.engine.filesystem import make_dirs
 
@@ -435,8 +435,8 @@ def test_a_lock_mdb_symlink_never_makes_lmdb_overwrite_its_target(tmp_path):
 def test_a_symlink_planted_at_a_lock_file_never_touches_its_target(ptd_env, scope):
     compute, calls = counting(lock_granularity=scope)
     persisted = compute.__persisted__
-    store, bucket, _, _ = persisted.locate((1,), {})
-    path = Path(lock_path(persisted.scope, store.path, bucket, persisted.project_root))
+    store, _, digest, _ = persisted.locate((1,), {})
+    path = Path(lock_place(persisted.scope, store.path, digest, persisted.project_root)[0])
     make_dirs(str(path.parent), 0o700)
     victim = ptd_env.tmp / "victim.txt"
     victim.write_text("precious\n")

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..errors import ConfigError, EngineError
+from ..errors import ConfigError, PersistError
 from . import clear, compact, export_pkl, import_pkl, ls, stats, verify
 from .exit_codes import DESCRIPTION as EXIT_CODES
 from .exit_codes import FAILURE, INTERRUPTED, OK, USAGE
@@ -92,7 +92,7 @@ def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None,
     except BrokenPipeError:  # `ptd ls | head`: the reader has what it wanted
         _silence_stdout()
         return OK
-    except (EngineError, OSError) as err:
+    except (PersistError, OSError) as err:  # an untrusted folder, a damaged store, ...
         print(f"{name}: {type(err).__name__}: {err}", file=sys.stderr)
         return FAILURE
     except KeyboardInterrupt:

@@ -60,10 +60,18 @@ def run(args) -> int:
     leaves = targets.resolve(args.target, args.root or targets.default_root())
     folders = sorted({leaf.function_folder for leaf in leaves})
     label = targets.display(folders[0]) if len(folders) == 1 else args.target
-    entries = sum(Store(leaf.path).stats().entries for leaf in leaves)
+    entries, unreadable = 0, {}
+    for leaf in leaves:
+        try:
+            entries += Store(leaf.path).stats().entries
+        except (EngineError, lmdb.Error, OSError) as err:  # damaged: cleared below if it can be
+            unreadable[leaf.path] = f"{type(err).__name__}: {err}"
     size = sum(targets.usage(leaf.path)[0] for leaf in leaves)
     if not args.yes:
-        shown = [targets.display(leaf.path) for leaf in leaves]
+        shown = [targets.display(leaf.path)
+                 + (" (cannot be read: its results are not counted)"
+                    if leaf.path in unreadable else "")
+                 for leaf in leaves]
         under = f" under {targets.default_root()}" if shown[0] != leaves[0].path else ""
         print(f"Stores{under}:\n  " + "\n  ".join(shown), file=sys.stderr)
         if not _confirmed(f"Delete {entries} stored result(s) of {label} ({len(leaves)} "

@@ -25,7 +25,9 @@ by project. Run it from the project's environment (its classes are only needed f
 merging into bucket files that exist). 0.0.7 processes may use DEST meanwhile: each bucket file
 is merged under their lock files (call and func granularity; stop jobs configured with
 lock_granularity='global'). Results needing cloudpickle, and keys 0.0.7 cannot hold
-(unhashable values, *args), are skipped and counted.
+(unhashable values, *args), are skipped and counted. Bucket files already in DEST are loaded to
+merge into them, so a DEST folder or file owned by another user or writable by others is
+refused (exit status 1) unless the setting shared allows it, as for the cache.
 """
 
 
@@ -67,7 +69,8 @@ def run(args) -> int:
         with progress_bar("exporting", unit="entries") as advance:
             report = export_tree(source, os.path.abspath(args.destination),
                                  hashsize=args.hashsize, hash_method=args.hash_method,
-                                 default_hashsize=config.get_hashsize(), progress=advance)
+                                 default_hashsize=config.get_hashsize(), progress=advance,
+                                 sharing=config.get_shared())
     except ValueError as err:
         raise targets.CommandError(str(err)) from None
     if args.json:

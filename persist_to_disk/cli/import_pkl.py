@@ -27,6 +27,9 @@ imported entry is found on the first call that misses and stored again under tha
 until then is_cached() and READONLY do not see it.
 Bucket files that cannot be read are reported and skipped (exit status 1); entries DEST already
 holds are kept as they are, so importing again is harmless.
+Bucket files are pickles, and loading one runs code: SRC is refused (nothing imported, exit
+status 1) if a folder in it or a bucket file is owned by another user or writable by others,
+unless the setting shared allows it (as for the cache: shared = group or all).
 """
 
 
@@ -52,7 +55,8 @@ def run(args) -> int:
         with progress_bar("importing", unit="entries") as advance:
             report = import_tree(source, os.path.abspath(args.destination),
                                  hashsize=args.hashsize, default_hashsize=config.get_hashsize(),
-                                 durability=config.get_durability(), progress=advance)
+                                 durability=config.get_durability(), progress=advance,
+                                 sharing=config.get_shared())
     except ValueError as err:
         raise targets.CommandError(str(err)) from None
     if not report.stores and not report.failed_files:

@@ -134,10 +134,23 @@ def usage(leaf: str) -> Tuple[int, Optional[float]]:
     return total, last
 
 
-def _matches_name(leaf: Leaf, name: str) -> bool:
+def _dotted_names(leaf: Leaf) -> List[str]:
+    """The dotted names a function is known by: the one the decorator recorded, and, for a
+    store recorded under ``__main__`` (a script run as ``python pipeline/train.py`` before
+    scripts were named by their path) or with no name (imported from 0.0.7), the one its
+    folder spells (``pipeline/train/train_a_model``: ``pipeline.train.train_a_model``)."""
     function = leaf.function_name or ""
+    names = [function] if function else []
+    if function.split(".", 1)[0] in ("", "__main__", "__mp_main__"):
+        label = leaf.function_label
+        if label != ".":
+            names.append(".".join(label.split(os.sep)))
+    return names
+
+
+def _matches_name(leaf: Leaf, name: str) -> bool:
     folder = os.path.relpath(leaf.function_folder, leaf.root)
-    return (name == function or function.endswith("." + name)
+    return (any(name == known or known.endswith("." + name) for known in _dotted_names(leaf))
             or name == folder or folder.endswith(os.sep + name))
 
 

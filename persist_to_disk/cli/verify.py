@@ -1,8 +1,11 @@
-"""``ptd verify [PATH]``: can every store and record be read? Exit 1 if not.
+"""``ptd verify [PATH]``: can every store and record be read, and is each intact? Exit 1 if not.
 
-The engine reads every record of every store (``engine.verification``); ``--deep`` also loads
-every stored result and key, as a hit would, which runs their unpickling code and needs their
-classes importable: run it from the project's environment.
+The engine checks each store's page structure without LMDB (LMDB itself may stop the process on
+a damaged page), then reads every record of every store and checks its checksum against the
+call it is stored under, as every hit does (``engine.verification``): a flipped bit, a zeroed
+page, garbage, or a record under another call's key is reported. ``--deep`` also loads every
+stored result and key, as a hit would, which runs their unpickling code and needs their classes
+importable: run it from the project's environment.
 """
 
 import argparse
@@ -28,11 +31,13 @@ MAX_PRINTED = 10
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
-        "verify", help="check that every store and record can be read (exit 1 on damage)",
+        "verify", help="check that every store and record can be read and is intact "
+             "(exit 1 on damage)",
         description=output.paragraph(
-            "Open every store under PATH and read every record (superseded versions "
-            "and tombstones included); report what cannot be read. Exit status 1 if "
-            "anything is damaged. Safe while jobs use the cache."),
+            "Open every store under PATH, check its page structure, and read every "
+            "record (superseded versions and tombstones included) and its checksum; "
+            "report what cannot be read or was altered. Exit status 1 if anything is "
+            "damaged. Safe while jobs use the cache."),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", nargs="?", metavar="PATH",
                         help="a persist path, project, function or leaf folder (default: the "
@@ -82,6 +87,7 @@ def run(args) -> int:
     if args.json:
         output.print_json([{"path": r.path, "ok": not r.damaged, "records": r.records,
                             "tombstones": r.tombstones, "newer_format": r.newer_format,
+                            "without_checksum": r.without_checksum,
                             "problem_count": r.problem_count, "problems": r.problems,
                             "vanished": r.vanished} for r in reports])
     else:
@@ -96,6 +102,10 @@ def run(args) -> int:
             elif report.newer_format:
                 print(f"NEWER    {report.path}: {report.newer_format} record(s) written by a "
                       "newer persist_to_disk; upgrade to read them")
+            if report.without_checksum and not report.damaged:
+                print(f"OLD      {report.path}: {report.without_checksum} record(s) written "
+                      "by a version without checksums: read, but damage to their values "
+                      "cannot be detected")
         records = sum(r.records for r in reports)
         print(f"{len(reports)} store(s), {records} records read"
               + (" and results loaded" if args.deep else "") + ": "

@@ -6,6 +6,12 @@ when a bucket cannot be unpickled it replaces it with an empty one. So we hold t
 every read and write, never write a file a 0.0.7 reader could fail to load, and replace files
 atomically (a temporary file renamed over the old one), so that even a reader that takes no lock
 (0.0.7's READONLY mode) sees the old file or the new one, never half of one.
+
+Bucket files are pickles, and loading one runs code: before any is loaded (the source of an
+import, the files an export merges into), its folder and every folder above it up to the tree
+given on the command line, and the file itself, must pass the cache's trust rule
+(``engine/trust.py``) at the configured sharing level -- the same opt-in (``shared``) as for our
+own caches. The file is checked through ``fstat`` of the descriptor that is read.
 """
 
 import contextlib
@@ -15,12 +21,13 @@ import json
 import os
 import pickle
 import re
+import stat
 import tempfile
 from typing import Any, Dict, Iterator, List, Tuple
 
 from filelock import FileLock
 
-from ..engine import make_private_dirs
+from ..engine import UntrustedFolderError, make_private_dirs, trust
 
 HASH_METHODS = ("pickle", "json")
 BUCKET_FILE = re.compile(r"([0-9]+)\.pkl\Z")
@@ -97,9 +104,42 @@ def bucket_lock(leaf: str, bucket: int, timeout: float = LOCK_TIMEOUT_SECONDS):
         yield
 
 
-def read_bucket_bytes(path: str) -> bytes:
-    """The raw bytes of a bucket file (call under :func:`bucket_lock`)."""
+def _untrusted(target: str, finding: str) -> UntrustedFolderError:
+    return UntrustedFolderError(
+        f"Not loading persist-to-disk 0.0.7 bucket files: {finding}. Bucket files are pickles "
+        "and loading one runs code, so anyone who can write there could run code in this "
+        "process. If that is not intended, make it yours and writable by you only (for "
+        f"example `chmod go-w {target}`), or copy the tree somewhere only you can write. If "
+        "you share it on purpose, opt in with the setting shared: 'group' (members of your "
+        "groups may write it) or 'all' (anyone who can write it), through `shared = group` in "
+        "config.ini, the environment variable PERSIST_TO_DISK_SHARED=group, or "
+        "persist_to_disk.config.set_shared('group').")
+
+
+def check_bucket_folder(leaf: str, root: str, sharing=None) -> None:
+    """Raise :class:`UntrustedFolderError` unless the bucket files of ``leaf`` may be loaded:
+    ``leaf`` and every existing folder above it up to ``root`` (the tree given on the command
+    line) pass the trust rule at ``sharing`` (default: the configured level)."""
+    sharing = trust.current_policy().sharing if sharing is None else sharing
+    leaf, root = os.path.abspath(leaf), os.path.abspath(root)
+    while not os.path.lexists(leaf):  # not made yet: its folders will be made owner-only
+        if leaf == root or os.path.dirname(leaf) == leaf:
+            return  # nothing of the tree exists yet, so there is nothing to load
+        leaf = os.path.dirname(leaf)
+    trust.check_tree(leaf, root, sharing,
+                     lambda target, finding: str(_untrusted(target, finding)))
+
+
+def read_bucket_bytes(path: str, sharing=None) -> bytes:
+    """The raw bytes of a bucket file (call under :func:`bucket_lock`), after checking the file
+    that is read against the trust rule at ``sharing`` (default: the configured level); the
+    folders above it are :func:`check_bucket_folder`'s."""
+    sharing = trust.current_policy().sharing if sharing is None else sharing
     with open(path, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        finding = trust.path_problem(path, sharing, info)
+        if finding is not None or not stat.S_ISREG(info.st_mode):
+            raise _untrusted(path, finding or f"{path} is not a regular file")
         return handle.read()
 
 

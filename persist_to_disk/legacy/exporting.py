@@ -6,7 +6,9 @@ Entries are grouped by 0.0.7 bucket; each bucket file is read, merged and replac
 locks, one bucket at a time, so 0.0.7 processes using DEST meanwhile wait milliseconds, not for
 the whole export. An entry already in the file under the same key is replaced by ours; every
 other entry of the file is kept. A bucket file that cannot be loaded is left untouched and
-reported (0.0.7 itself would replace it with an empty one).
+reported (0.0.7 itself would replace it with an empty one). Bucket files already in DEST are
+pickles too: DEST's folders and each file are checked against the trust rule before one is
+loaded (:mod:`.buckets`), with the same opt-in (``shared``) as our caches.
 
 Each result goes into the file as the pickle bytes we stored (see
 :class:`~.buckets.StoredValue`), after a test load here: a bucket 0.0.7 cannot load is a bucket
@@ -28,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from filelock import Timeout
 
 from ..engine import Store, find_stores
+from ..normalization import unescape_folder_name
 from . import buckets
 from .keys import NotRepresentable, check_exportable, to_legacy_key
 
@@ -54,6 +57,17 @@ def _leaf_settings(store: Store, hashsize: Optional[int], hash_method: Optional[
     meta = store.read_meta()
     return (hashsize or int(meta.get("hashsize") or default_hashsize),
             hash_method or meta.get("hash_method") or "pickle")
+
+
+def _legacy_folder(store: Store, leaf: str, source: str, destination: str) -> str:
+    """Where 0.0.7 keeps the leaf: the same relative path, with the groupby folders (recorded by
+    the decorator as ``leaf``) named by their values' text, as 0.0.7 names them (ours escape
+    values that are a store's own file names: ``lock.mdb`` is our folder ``%lock.mdb``)."""
+    parts = os.path.relpath(leaf, source).split(os.sep)
+    groups = (store.read_meta().get("leaf") or ".").split(os.sep)
+    if groups != ["."] and len(groups) <= len(parts) and parts[-len(groups):] == groups:
+        parts[-len(groups):] = [unescape_folder_name(name) for name in groups]
+    return os.path.normpath(os.path.join(destination, *parts))
 
 
 def _plan(store: Store, hashsize: int, hash_method: str, skipped: Counter,
@@ -128,7 +142,7 @@ def _unloadable(blob) -> Optional[str]:
 
 def _merge_bucket(store: Store, dest_leaf: str, bucket: int,
                   entries: List[Tuple[int, bytes, tuple]], report: ExportReport,
-                  skipped: Counter) -> None:
+                  skipped: Counter, sharing) -> None:
     values = {}
     for our_bucket, digest, legacy_key in entries:
         record = store.latest(our_bucket, digest)  # the newest, even if recomputed meanwhile
@@ -150,7 +164,8 @@ def _merge_bucket(store: Store, dest_leaf: str, bucket: int,
             content = {}
             if os.path.exists(path):
                 try:
-                    content = buckets.load_bucket(buckets.read_bucket_bytes(path), path)
+                    content = buckets.load_bucket(buckets.read_bucket_bytes(path, sharing),
+                                                  path)
                 except buckets.UnreadableBucket as err:
                     report.failed_files.append(f"{err} Left unchanged; its {len(values)} "
                                                "entries were not exported.")
@@ -169,11 +184,15 @@ def _merge_bucket(store: Store, dest_leaf: str, bucket: int,
 
 def export_tree(source: str, destination: str, *, hashsize: Optional[int] = None,
                 hash_method: Optional[str] = None, default_hashsize: int = 500,
-                progress: Optional[Callable[[int], None]] = None) -> ExportReport:
+                progress: Optional[Callable[[int], None]] = None,
+                sharing=None) -> ExportReport:
     """Export every store under ``source`` into 0.0.7 bucket files under ``destination``.
 
     ``hashsize`` and ``hash_method`` must match the 0.0.7 reader's settings; by default each
     store's own (recorded by the decorator), else ``default_hashsize`` and ``'pickle'``.
+    ``sharing``: whose bucket files already in ``destination`` may be loaded to merge into
+    them (default: the configured ``shared`` level); a destination folder others could have
+    written raises ``UntrustedFolderError`` before its bucket files are touched.
     """
     source, destination = os.path.abspath(source), os.path.abspath(destination)
     if os.path.commonpath([source, destination]) in (source, destination):
@@ -186,10 +205,11 @@ def export_tree(source: str, destination: str, *, hashsize: Optional[int] = None
     for leaf in find_stores(source):
         store = Store(leaf)
         size, method = _leaf_settings(store, hashsize, hash_method, default_hashsize)
-        dest_leaf = os.path.normpath(os.path.join(destination, os.path.relpath(leaf, source)))
+        dest_leaf = _legacy_folder(store, leaf, source, destination)
+        buckets.check_bucket_folder(dest_leaf, destination, sharing)
         plan = _plan(store, size, method, skipped, progress)
         for bucket in sorted(plan):
-            _merge_bucket(store, dest_leaf, bucket, plan[bucket], report, skipped)
+            _merge_bucket(store, dest_leaf, bucket, plan[bucket], report, skipped, sharing)
         report.stores += 1
     report.skipped = dict(skipped)
     return report

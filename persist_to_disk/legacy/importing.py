@@ -7,7 +7,11 @@ time). Nothing already stored is replaced: an entry whose call is already in DES
 so importing twice is harmless. A bucket file that cannot be read (truncated, not a pickle, or a
 result whose class cannot be imported here) is reported and skipped, and the rest goes on.
 
-Files are read under 0.0.7's own locks, since 0.0.7 rewrites them in place.
+Files are read under 0.0.7's own locks, since 0.0.7 rewrites them in place. Bucket files are
+pickles: every leaf folder of SRC (and the folders above it up to SRC) is checked against the
+trust rule at the configured sharing level before anything is loaded, and each file as it is
+read (:mod:`.buckets`); a tree others could have written is refused with
+``UntrustedFolderError``, nothing imported.
 
 Commits: a store the import creates is written without an fsync per entry (``fast``) and made
 durable by its last entry, written with the configured durability, whose commit flushes all
@@ -22,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from filelock import Timeout
 
-from ..engine import Durability, Record, RecordKind, Store
+from ..engine import Durability, Record, RecordKind, Store, UntrustedFolderError
 from ..errors import UnkeyableArgumentError, UnpicklableResultError
 from ..keying import bucket_of
 from ..serialization import PYTHON_VERSION, dumps, dumps_key
@@ -85,16 +89,16 @@ def _check_trees(source: str, destination: str) -> None:
                          "outside the 0.0.7 tree (for example your persist path).")
 
 
-def _read_bucket(leaf: str, bucket: int, path: str) -> bytes:
+def _read_bucket(leaf: str, bucket: int, path: str, sharing) -> bytes:
     try:
         with buckets.bucket_lock(leaf, bucket):
-            return buckets.read_bucket_bytes(path)
-    except Timeout:
+            return buckets.read_bucket_bytes(path, sharing)
+    except (Timeout, UntrustedFolderError):
         raise
     except PermissionError:
         # A tree we may not write (another user's, a read-only copy) cannot get lock files;
         # nobody can be rewriting its files through this mount either.
-        return buckets.read_bucket_bytes(path)
+        return buckets.read_bucket_bytes(path, sharing)
 
 
 def _import_file(writer: _LeafWriter, path: str, content: dict, hashsize: int,
@@ -129,17 +133,23 @@ def _import_file(writer: _LeafWriter, path: str, content: dict, hashsize: int,
 
 def import_tree(source: str, destination: str, *, hashsize: Optional[int] = None,
                 default_hashsize: int = 500, durability: Durability = Durability.STANDARD,
-                progress: Optional[Callable[[int], None]] = None) -> ImportReport:
+                progress: Optional[Callable[[int], None]] = None,
+                sharing=None) -> ImportReport:
     """Import every 0.0.7 leaf folder under ``source`` into stores under ``destination``.
 
     ``hashsize``: buckets of the stores written, which must be the decorator's (by default an
-    existing store's own, else ``default_hashsize``, the configured one).
+    existing store's own, else ``default_hashsize``, the configured one). ``sharing``: whose
+    bucket files may be loaded (default: the configured ``shared`` level); an untrusted
+    folder raises ``UntrustedFolderError`` before anything is imported.
     """
     source, destination = os.path.abspath(source), os.path.abspath(destination)
     _check_trees(source, destination)
+    leaves = list(buckets.find_legacy_leaves(source))
+    for leaf in leaves:
+        buckets.check_bucket_folder(leaf, source, sharing)
     report = ImportReport(source, destination)
     skipped: Counter = Counter()
-    for leaf in buckets.find_legacy_leaves(source):
+    for leaf in leaves:
         dest_leaf = os.path.normpath(os.path.join(destination, os.path.relpath(leaf, source)))
         existing = Store(dest_leaf).read_meta() if Store(dest_leaf).exists() else {}
         size = hashsize or int(existing.get("hashsize") or default_hashsize)
@@ -149,7 +159,10 @@ def import_tree(source: str, destination: str, *, hashsize: Optional[int] = None
         try:
             for bucket, path in buckets.bucket_files(leaf):
                 try:
-                    content = buckets.load_bucket(_read_bucket(leaf, bucket, path), path)
+                    content = buckets.load_bucket(_read_bucket(leaf, bucket, path, sharing),
+                                                  path)
+                except UntrustedFolderError:
+                    raise  # planted, or writable by others: a setup to fix, not a bad file
                 except buckets.UnreadableBucket as err:
                     report.failed_files.append(f"{err} Skipped.")
                     continue
