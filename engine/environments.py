@@ -36,8 +36,6 @@ import glob
 import itertools
 import os
 import stat
-import struct
-import sys
 import threading
 import time
 from typing import Callable, Dict, Iterator, Optional, Tuple, TypeVar
@@ -48,6 +46,7 @@ from .durability import Durability
 from .errors import CorruptStoreError, EngineError, ForeignFolderError
 from . import trust
 from .filesystem import ensure_local_filesystem, make_dirs
+from .locks import conflicting_lock
 from .generations import (DATA_FILE, GENERATION_KEY, LOCK_FILE, SEAL_KEY, SWITCHED_KEY,
                           generation_folder, generation_folders, parse_seal, read_current,
                           store_exists, store_traces)
@@ -515,16 +514,6 @@ def create_data_file(folder: str, mode: int) -> None:
             pass
 
 
-if sys.platform.startswith("linux"):
-    _FLOCK = struct.Struct("hhqqi4x")  # struct flock: l_type, l_whence, l_start, l_len, l_pid
-    _FLOCK_FIELDS = ("type", "whence", "start", "len", "pid")
-elif sys.platform == "darwin" or "bsd" in sys.platform:
-    _FLOCK = struct.Struct("qqihh")  # l_start, l_len, l_pid, l_type, l_whence
-    _FLOCK_FIELDS = ("start", "len", "pid", "type", "whence")
-else:
-    _FLOCK = None
-
-
 def _being_created(folder: str) -> bool:
     """Whether another process is initialising the environment in ``folder`` right now: it
     holds LMDB's exclusive lock (a write lock on byte 0 of ``lock.mdb``, taken before LMDB
@@ -532,21 +521,14 @@ def _being_created(folder: str) -> bool:
     creates the data file itself (where there are no hard links, or an older version of this
     library) leaves it empty for that moment; an empty data file nobody is initialising is
     damage."""
-    if _FLOCK is None:
-        return False
     try:
         fd = os.open(os.path.join(folder, LOCK_FILE),
                      os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
     try:
-        query = {"type": fcntl.F_WRLCK, "whence": os.SEEK_SET, "start": 0, "len": 1, "pid": 0}
-        answer = fcntl.fcntl(fd, fcntl.F_GETLK,
-                             _FLOCK.pack(*(query[field] for field in _FLOCK_FIELDS)))
-        found = dict(zip(_FLOCK_FIELDS, _FLOCK.unpack(answer)))
-        return found["type"] == fcntl.F_WRLCK
-    except OSError:
-        return False
+        found = conflicting_lock(fd, 0)
+        return found is not None and found[0] == fcntl.F_WRLCK
     finally:
         os.close(fd)
 

@@ -562,8 +562,10 @@ else:
     _FLOCK = None
 
 
-def _holder_pid(fd: int, offset: int) -> Optional[int]:
-    """The process holding the byte (``F_GETLK``), or None where that cannot be told."""
+def conflicting_lock(fd: int, offset: int) -> Optional[Tuple[int, int]]:
+    """``(lock type, pid)`` of a POSIX record lock another process holds on the byte at
+    ``offset`` of ``fd``'s file (``F_GETLK``), or None: none, or this platform's ``struct
+    flock`` is not known here."""
     if _FLOCK is None:
         return None
     values = {"type": fcntl.F_WRLCK, "whence": os.SEEK_SET, "start": offset, "len": 1,
@@ -573,9 +575,15 @@ def _holder_pid(fd: int, offset: int) -> Optional[int]:
     except OSError:
         return None
     found = dict(zip(_FIELDS, _FLOCK.unpack(answer)))
-    if found["type"] == fcntl.F_UNLCK or found["pid"] <= 0:
+    if found["type"] == fcntl.F_UNLCK:
         return None
-    return found["pid"]
+    return found["type"], found["pid"]
+
+
+def _holder_pid(fd: int, offset: int) -> Optional[int]:
+    """The process holding the byte, or None where that cannot be told."""
+    found = conflicting_lock(fd, offset)
+    return found[1] if found is not None and found[1] > 0 else None
 
 
 def _parent_of(pid: int) -> int:

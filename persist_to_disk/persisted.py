@@ -11,6 +11,7 @@
    warns and still returns what it computed.
 """
 
+import errno
 import functools
 import inspect
 import logging
@@ -28,11 +29,11 @@ import lmdb
 
 from .binding import CallBinder
 from .settings import Config, parse_hashsize
-from .engine import (Durability, EngineError, LockScope, Record, RecordKind, Store,
+from .engine import (Durability, EngineError, LockScope, Record, Store,
                      StoreFormatError, Timeout, check_folder, check_trusted,
                      compute_lock, ensure_local_filesystem, lock_place, store_exists)
 from .errors import CacheMissError, ConfigError, PersistWarning
-from .keying import CallKeyer, CapturedValues, _module_name, bucket_of, call_digest
+from .keying import CallKeyer, CapturedValues, bucket_of, call_digest
 from .locations import function_folder_name, function_name, leaf_folder, module_parts
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE, parse_mode
 from .normalization import GroupSpec, Normalizer, group_folder_names
@@ -446,8 +447,7 @@ class PersistedFunction:
         except (lmdb.Error, OSError) as err:
             self._warn_once(store.path, "save",
                             f"Could not store the result of {self.name} in {store.path} ({err}). "
-                            "The call returns its result, but it is not cached: check free "
-                            "disk space and write permission there.")
+                            f"The call returns its result, but it is not cached: {_remedy(err)}")
 
     def _warn_once(self, path: str, kind: str, message: str) -> None:
         if (path, kind) not in self._warned:
@@ -494,6 +494,26 @@ class PersistedFunction:
 
 
 _PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+
+
+_REMEDIES = {
+    errno.ENOSPC: "the disk is full; free some space there.",
+    errno.EDQUOT: "your disk quota is used up; free some space there.",
+    errno.EMFILE: "this process has too many open files; raise `ulimit -n`.",
+    errno.ENFILE: "the system has too many open files; close some programs.",
+    errno.EACCES: "give your user write permission there.",
+    errno.EPERM: "give your user write permission there.",
+    errno.EROFS: "that filesystem is read-only; point persist_path at a writable one.",
+}
+
+
+def _remedy(err: BaseException) -> str:
+    """What to do about a failed store write, by its cause (an LMDB map-full error is a full
+    disk: the map only fails to grow when the file cannot)."""
+    if isinstance(err, lmdb.MapFullError):
+        return _REMEDIES[errno.ENOSPC]
+    return _REMEDIES.get(getattr(err, "errno", None),
+                         "check free disk space and write permission there.")
 
 
 def _cause(err: Exception) -> str:
