@@ -32,7 +32,6 @@ Facts this module is built around (see DESIGN.md):
 import contextlib
 import errno
 import fcntl
-import glob
 import itertools
 import os
 import stat
@@ -48,8 +47,8 @@ from . import trust
 from .filesystem import ensure_local_filesystem, make_dirs
 from .locks import conflicting_lock
 from .generations import (DATA_FILE, GENERATION_KEY, LOCK_FILE, SEAL_KEY, SWITCHED_KEY,
-                          generation_folder, generation_folders, parse_seal, read_current,
-                          store_exists, store_traces)
+                          generation_folder, generation_folders, list_folder, parse_seal,
+                          read_current, register_descriptor_reliever, store_exists, store_traces)
 
 T = TypeVar("T")
 
@@ -126,12 +125,14 @@ def open_lmdb(path: str, **options) -> "lmdb.Environment":
 
 
 def environment_budget() -> int:
-    """How many environments the pool keeps open: half of the soft descriptor limit, at 3
-    descriptors each, at most ``DEFAULT_MAX_OPEN`` and at least 2.
+    """How many environments the pool keeps open: three eighths of the soft descriptor limit,
+    at 3 descriptors each, at most ``DEFAULT_MAX_OPEN`` and at least 2.
 
-    The other half is left to compute-lock files (``locks._descriptor_budget`` takes an eighth)
-    and to the user's own files. With ``ulimit -n 64`` that is 10 environments, with 128 it is
-    21, from 384 on it is 64. Read at each open, so a limit changed at run time is followed.
+    With compute-lock files (``locks._descriptor_budget``: an eighth, at least 2) the library
+    keeps at most half of the limit, from ``ulimit -n 16`` up; the other half is the user's
+    (the two took five eighths and more before, 29 of 32). With ``ulimit -n 64`` that is 8
+    environments, with 128 it is 16, from 512 on it is 64. Read at each open, so a limit
+    changed at run time is followed.
     """
     try:
         import resource
@@ -140,7 +141,7 @@ def environment_budget() -> int:
         return DEFAULT_MAX_OPEN
     if soft == getattr(resource, "RLIM_INFINITY", -1) or soft <= 0:
         return DEFAULT_MAX_OPEN
-    return max(2, min(DEFAULT_MAX_OPEN, soft // 2 // DESCRIPTORS_PER_ENVIRONMENT))
+    return max(2, min(DEFAULT_MAX_OPEN, soft * 3 // 8 // DESCRIPTORS_PER_ENVIRONMENT))
 
 
 def error_number(err: BaseException) -> Optional[int]:
@@ -231,6 +232,17 @@ def _file_identity(folder: str):
             _identity_of(os.path.join(folder, LOCK_FILE)))
 
 
+def _holds_pkl_buckets(path: str) -> bool:
+    """Whether the folder ``path`` holds ``*.pkl`` files (0.0.7 buckets). Listed with
+    ``list_folder``, not ``glob``: glob takes a listing that runs out of descriptors for an
+    empty folder, and a folder of buckets would be taken for a new store."""
+    try:
+        names = list_folder(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return any(name.endswith(".pkl") and not name.startswith(".") for name in names)
+
+
 def check_folder(path: str) -> None:
     """Refuse a path that is a file, or a folder of 0.0.7 `.pkl` buckets, before using it."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -238,7 +250,7 @@ def check_folder(path: str) -> None:
             f"{path} should be a cache folder but is a file. Move it away or choose another "
             "persist_path."
         )
-    if not store_exists(path) and glob.glob(os.path.join(glob.escape(path), "*.pkl")):
+    if not store_exists(path) and _holds_pkl_buckets(path):
         raise ForeignFolderError(
             f"{path} holds .pkl bucket files of persist-to-disk 0.0.7, not a store of this "
             "version. Nothing was changed. Move that folder aside (or import it with "
@@ -790,6 +802,20 @@ class EnvironmentPool:
             self._handles[path] = handle
             return handle
 
+    def relieve_descriptors(self) -> bool:
+        """Close half of the idle environments (at least one), because the process ran out of
+        file descriptors somewhere else in the engine (listing a leaf); whether any closed.
+
+        Registered with ``generations.register_descriptor_reliever`` for ``POOL``: a process
+        whose descriptors are all held by idle environments lists a new leaf instead of
+        failing with ``Too many open files``, as ``_open`` does when opening one.
+
+        Takes no pool lock: listings run inside ``_open`` (which holds it) and under a handle
+        lock (compaction), and the pool lock is never taken after a handle lock. Handles are
+        only taken without blocking, so one in use (or held by this thread) is skipped.
+        """
+        return self._evict_idle(max(1, len(self._handles) // 2)) > 0
+
     def _evict_idle(self, count: int) -> int:
         """Close up to ``count`` of the least recently used handles that no transaction is
         using; return how many were closed."""
@@ -799,14 +825,17 @@ class EnvironmentPool:
                 break
             if handle.lock.acquire(blocking=False):
                 try:
+                    if handle.env is not None:  # not closed already by another thread
+                        closed += 1
                     self._close_handle(handle)
                 finally:
                     handle.lock.release()
-                closed += 1
         return closed
 
     def _close_handle(self, handle: _Handle) -> None:
-        self._handles.pop(handle.path, None)
+        # Only this handle: retired meanwhile, its path may already have a new one.
+        if self._handles.get(handle.path) is handle:
+            self._handles.pop(handle.path, None)
         if handle.env is not None:
             handle.env.close()
             handle.env = None
@@ -868,6 +897,7 @@ class EnvironmentPool:
 
 
 POOL = EnvironmentPool()
+register_descriptor_reliever(POOL.relieve_descriptors)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
         before=POOL._before_fork,

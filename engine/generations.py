@@ -36,9 +36,10 @@ A store knows it existed, and finds its generation without ``CURRENT``:
   never switched to).
 """
 
+import errno
 import os
 import re
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from .errors import CorruptStoreError
 
@@ -139,10 +140,44 @@ def _fsync_folder(path: str) -> None:
         os.close(fd)
 
 
+#: Called, in order, when listing a leaf runs out of file descriptors: each closes descriptors
+#: the engine keeps open but is not using (the environment pool registers its idle
+#: environments, see ``register_descriptor_reliever``) and returns whether it closed any.
+_descriptor_relievers: List[Callable[[], bool]] = []
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+def register_descriptor_reliever(reliever: Callable[[], bool]) -> None:
+    """Have ``reliever`` close idle descriptors when a listing here runs out of them.
+
+    This module sits below the environment pool (which imports it), so the pool hands its
+    close-idle step in rather than being imported: a process whose descriptors are all held by
+    idle environments then lists a new leaf instead of failing with ``Too many open files``.
+    """
+    if reliever not in _descriptor_relievers:
+        _descriptor_relievers.append(reliever)
+
+
+def list_folder(folder: str) -> List[str]:
+    """``os.listdir(folder)``; out of descriptors (``listdir`` needs one), idle ones the engine
+    keeps are closed and the listing tried again, until none is left to close."""
+    while True:
+        try:
+            return os.listdir(folder)
+        except OSError as err:
+            if err.errno not in _OUT_OF_DESCRIPTORS:
+                raise
+            if not any(reliever() for reliever in _descriptor_relievers):
+                raise OSError(err.errno, f"{os.strerror(err.errno)} to list the cache folder "
+                              f"{folder}, and no idle cache store is left to close. Raise the "
+                              "limit (`ulimit -n`), or close files the program keeps "
+                              "open.") from err
+
+
 def generation_folders(leaf: str) -> List[int]:
     """The number of every ``gen-N`` folder in ``leaf``, complete or not, in increasing order."""
     try:
-        names = os.listdir(leaf)
+        names = list_folder(leaf)
     except (FileNotFoundError, NotADirectoryError):
         return []
     matches = (_GENERATION_NAME.match(name) for name in names)

@@ -7,8 +7,17 @@ Scopes and where their locks live
   probability of about 2**-62). Only processes computing the very same call wait for each
   other. Earlier versions locked a hash *bucket*, and unrelated calls sharing a bucket formed
   lock cycles when cached functions call cached functions (issue 9).
-* ``func``: byte 0 of ``<leaf>/func.lock``: one call of the function (leaf) computes at a time.
-* ``global``: byte 0 of ``<project>/global.lock``: one call of the project computes at a time.
+* ``func``: byte 0 of ``<leaf>/func.lock``: one process at a time computes calls of the
+  function (leaf).
+* ``global``: byte 0 of ``<project>/global.lock``: one process at a time computes calls of the
+  project.
+
+A kernel lock belongs to a process, and so does the byte: the threads of the process that holds
+it share it, each computing its own call, and threads wait for each other only to compute the
+*same* call (compute-once within the process) or while one of them takes the byte from the
+kernel. A thread never waits for another thread's *different* call: the holder may be waiting,
+in ways no library can see (a future, a queue, an event loop, a polling loop), for the very
+thread that would wait (a thread pool inside a ``func``-scoped call).
 
 The first miss of a leaf creates its one lock file; later misses create nothing (a lock file
 per bucket cost 100-300 µs per first miss of each bucket).
@@ -24,18 +33,18 @@ from threads and from process pools. The rules, each enforced here:
 2. **A process never waits for a lock held by one of its ancestors** (the holder is found with
    ``F_GETLK``, its ancestry in ``/proc``): that ancestor may be waiting for this very process
    (a pool child of the computing call). It computes without the lock instead.
-3. **A thread never waits for a lock held by another thread of its process that is itself
-   blocked waiting for other threads** (a future, a pool, a queue, a join), for a different
-   call: that holder may be waiting for this very thread (a thread-pool child of the computing
-   call). It computes without the lock instead. A thread waiting for the *same* call always
-   waits: a child computing its own ancestor call would recurse forever anyway.
+3. **Threads of one process never wait for each other's different calls** (above); a thread
+   waiting for the *same* call waits: a child computing its own ancestor call would recurse
+   forever anyway.
 4. **A thread that already holds compute locks never waits in a cycle.** Between threads of one
    process the cycle is seen in this module's own table of holders and waiters; between
    processes the kernel sees it: while its process holds other locks, a waiter blocks in
    ``F_SETLKW``, which fails with ``EDEADLK`` when the wait would close a cycle of processes
    (POSIX record locks have deadlock detection, ``flock`` does not). The kernel counts a
-   process as one owner, so a report that persists for ``CYCLE_CONFIRM_SECONDS`` is taken as a
-   cycle, and the waiter computes without the lock. A process that holds no other lock cannot
+   process as one owner, so a report is taken for a cycle only when it persists (two seconds
+   where a ``func`` or ``global`` lock is involved, a minute where only ``call`` locks are,
+   which cannot cycle in a deterministic call graph), and the waiter then computes without the
+   lock. A process that holds no other lock cannot
    close a cycle; its waiter polls instead, asking every ``ANCESTOR_RECHECK_SECONDS`` who holds
    the lock (rule 2).
 
@@ -79,7 +88,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Dict, Optional, Set, Tuple
+from typing import Dict, Hashable, Optional, Set, Tuple
 
 from .errors import EngineError
 from .filesystem import make_dirs
@@ -135,9 +144,10 @@ def lock_place(scope: LockScope, leaf_path: str, digest: bytes, project_root: st
 
 
 def _descriptor_budget() -> int:
-    """An eighth of the soft descriptor limit, at most 512 and at least 8: lock files are one
-    per leaf now, so this rarely binds; it leaves most descriptors to LMDB environments (3
-    each) and to the user's own files."""
+    """An eighth of the soft descriptor limit, at most 512 and at least 2: lock files are one
+    per leaf now, so this rarely binds. With LMDB environments (``environments.
+    environment_budget``: three eighths) the library keeps at most half of the limit, and the
+    other half is the user's; a minimum of 8 took a quarter of ``ulimit -n 32`` alone."""
     try:
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -145,7 +155,7 @@ def _descriptor_budget() -> int:
         return 64
     if soft == getattr(resource, "RLIM_INFINITY", -1) or soft <= 0:
         return 512
-    return max(8, min(512, soft // 8))
+    return max(2, min(512, soft // 8))
 
 
 MAX_OPEN_LOCK_FILES = _descriptor_budget()
@@ -155,12 +165,14 @@ _BUSY = {errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK}
 _POLL_FIRST, _POLL_MAX = 0.001, 0.02  # seconds between attempts while polling
 RECHECK_SECONDS = 1.0  # how often a kept descriptor's path is looked up again
 ANCESTOR_RECHECK_SECONDS = 0.25  # how often a polling waiter asks who holds its lock
-#: How long a thread holding other locks keeps retrying after the kernel reported a cycle
-#: (EDEADLK can be a false alarm when threads of one process wait on several locks).
-CYCLE_CONFIRM_SECONDS = 0.2
-#: How long another thread of this process must be seen blocked on other threads before a
-#: waiter concludes it may be waiting for the waiter itself (rule 3).
-BLOCKED_HOLDER_SECONDS = 0.25
+#: How long a waiter keeps retrying after the kernel reported a cycle of processes before it
+#: takes the report for real. The kernel counts a whole process as one lock owner, so with
+#: several threads per process EDEADLK can be a false alarm that lasts as long as another
+#: thread's computation. Where only ``call`` locks are involved a deterministic call graph has
+#: no real cycle (rule 1), so the wait is long; ``func`` and ``global`` locks cycle for real
+#: in mutual recursion.
+CYCLE_CONFIRM_SECONDS = 2.0
+CALL_CYCLE_CONFIRM_SECONDS = 60.0
 _IN_PROCESS_SLICE = 0.05
 
 
@@ -245,19 +257,47 @@ def _check_lock_file(path: str, info: os.stat_result) -> None:
                 "(like /tmp); remove it, or keep the cache in a folder of your own", path)
 
 
-class _Range:
-    """One lockable byte of a lock file, as this process sees it."""
+_IDLE, _ACQUIRING, _HELD = 0, 1, 2
 
-    __slots__ = ("file", "offset", "owner", "depth", "call", "waiters", "blocked_since")
+
+class _Call:
+    """A call computing under a byte, in this process: its thread and nested depth."""
+
+    __slots__ = ("thread", "depth")
+
+    def __init__(self, thread: int) -> None:
+        self.thread = thread
+        self.depth = 1
+
+
+class _Range:
+    """One lockable byte of a lock file, as this process sees it.
+
+    The kernel lock belongs to the process, and so does this byte: the calls computing under it
+    in this process (one for ``call`` locks; several different calls of one function or
+    project under ``func`` and ``global``) share it, and it is released when the last of them
+    is done. Threads only wait for each other to compute the *same* call (or for the thread
+    taking the byte from the kernel), never for a different call: a thread holding a coarse
+    lock may be waiting, in ways no library can see, for the very thread that would wait.
+    """
+
+    __slots__ = ("file", "offset", "state", "acquirer", "calls", "users", "waiters")
 
     def __init__(self, file: _LockFile, offset: int) -> None:
         self.file = file
         self.offset = offset
-        self.owner: Optional[int] = None  # the thread holding it in this process
-        self.depth = 0  # the owner's nested acquisitions
-        self.call: Optional[bytes] = None  # what the owner computes (rule 3)
+        self.state = _IDLE
+        self.acquirer: Optional[int] = None  # the thread taking it from the kernel
+        self.calls: Dict[Hashable, _Call] = {}
+        self.users = 0  # calls sharing the kernel lock
         self.waiters = 0
-        self.blocked_since: Optional[float] = None  # the owner seen waiting for threads
+
+    def awaited_thread(self, call: Hashable) -> Optional[int]:
+        """The thread a waiter for ``call`` waits for (``_state`` held)."""
+        computing = self.calls.get(call)
+        if computing is not None:
+            return computing.thread
+        return self.acquirer if self.state == _ACQUIRING else None
 
 
 # --- the process's table: every lock file, every held or awaited byte ------------------------
@@ -265,8 +305,8 @@ _state = threading.Lock()
 _changed = threading.Condition(_state)
 _files: Dict[str, _LockFile] = {}
 _ranges: Dict[Tuple[str, int], _Range] = {}
-_owned: Dict[int, int] = {}  # thread ident -> bytes it owns (held, or being taken)
-_waiting: Dict[int, _Range] = {}  # thread ident -> the byte it waits for in this process
+_owned: Dict[int, int] = {}  # thread ident -> calls it computes under a lock (or is taking)
+_waiting: Dict[int, Tuple[_Range, Hashable]] = {}  # thread ident -> what it waits for
 
 
 class ComputeLock:
@@ -279,7 +319,7 @@ class ComputeLock:
     __slots__ = ("path", "offset", "timeout", "call", "nested_safe", "_range", "_outermost")
 
     def __init__(self, path: str, offset: int = 0, timeout: Optional[float] = None,
-                 call: Optional[bytes] = None, nested_safe: bool = True) -> None:
+                 call: Hashable = None, nested_safe: bool = True) -> None:
         self.path = path
         self.offset = offset
         self.timeout = timeout
@@ -303,6 +343,7 @@ class ComputeLock:
             raise RuntimeError(f"the lock {self.path} is already acquired by this object")
         deadline = None if self.timeout is None else time.monotonic() + max(self.timeout, 0.0)
         me = threading.get_ident()
+        call = self.call
         with _state:
             lock_file = _files.get(self.path)
             if lock_file is None:
@@ -311,25 +352,35 @@ class ComputeLock:
             rng = _ranges.get(key)
             if rng is None:
                 rng = _ranges[key] = _Range(lock_file, self.offset)
-            if rng.owner == me:  # reentrant: a nested call under the same lock
-                rng.depth += 1
+            computing = rng.calls.get(call)
+            if computing is not None and computing.thread == me:
+                computing.depth += 1  # reentrant: a nested call under the same lock
                 self._range, self._outermost = rng, False
                 return None
             reason = self._wait_in_process(rng, me, deadline)
             if reason is not None:
                 _forget_if_idle(rng)
                 return reason
-            rng.owner, rng.depth, rng.call = me, 1, self.call
+            rng.calls[call] = _Call(me)
             holds_others = _owned.get(me, 0) > 0
             _owned[me] = _owned.get(me, 0) + 1
+            if rng.state == _HELD:  # another call of this process holds it: share it
+                rng.users += 1
+                self._range, self._outermost = rng, True
+                return None
+            rng.state, rng.acquirer = _ACQUIRING, me
         try:
             reason = self._lock_kernel(rng, deadline, holds_others)
         except BaseException:
-            self._give_back(rng, me)
+            with _state:
+                self._leave(rng, me, taken=False)
             raise
-        if reason is not None:
-            self._give_back(rng, me)
-            return reason
+        with _state:
+            if reason is not None:
+                self._leave(rng, me, taken=False)
+                return reason
+            rng.state, rng.acquirer, rng.users = _HELD, None, 1
+            _changed.notify_all()
         self._range, self._outermost = rng, True
         return None
 
@@ -340,14 +391,11 @@ class ComputeLock:
             return
         with _state:
             if not self._outermost:
-                rng.depth -= 1
+                computing = rng.calls.get(self.call)
+                if computing is not None:
+                    computing.depth -= 1
                 return
-            try:
-                if rng.file.fd is not None:
-                    _unlock(rng.file.fd, rng.offset)
-            finally:
-                rng.file.held -= 1
-                self._give_back(rng, threading.get_ident(), locked=True)
+            self._leave(rng, threading.get_ident(), taken=True)
 
     def __enter__(self) -> "ComputeLock":
         self.acquire()
@@ -359,54 +407,54 @@ class ComputeLock:
     # --- between threads of this process --------------------------------------------------
     def _wait_in_process(self, rng: _Range, me: int, deadline: Optional[float]
                          ) -> Optional[str]:
-        """Wait (``_state`` held) until no other thread of this process owns ``rng``."""
+        """Wait (``_state`` held) while another thread of this process computes the same call
+        or takes the byte from the kernel."""
         rng.waiters += 1
         try:
-            while rng.owner is not None:
-                holder = rng.owner
-                if self.nested_safe:
-                    if _cycle_through(me, rng):
-                        return (f"waiting for the lock {self.path} would close a cycle of "
-                                "threads of this process that wait for each other's locks")
-                    if self.call is None or rng.call != self.call:
-                        # Seen by every waiter of the byte: once the holder has been blocked
-                        # long enough, later waiters (its pool's next tasks) go on at once.
-                        if holder not in _waiting and _blocked_on_threads(holder):
-                            now = time.monotonic()
-                            rng.blocked_since = rng.blocked_since or now
-                            if now - rng.blocked_since >= BLOCKED_HOLDER_SECONDS:
-                                return (f"the lock {self.path} is held by another thread of "
-                                        "this process that is waiting for other threads (it "
-                                        "may be waiting for this one)")
-                        else:
-                            rng.blocked_since = None
+            while True:
+                awaited = rng.awaited_thread(self.call)
+                if awaited is None:
+                    return None
+                if self.nested_safe and _cycle_through(me, awaited):
+                    return (f"waiting for the lock {self.path} would close a cycle of threads "
+                            "of this process that wait for each other's locks")
                 wait = _IN_PROCESS_SLICE if self.nested_safe else None
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise Timeout(self.path)
                     wait = remaining if wait is None else min(wait, remaining)
-                _waiting[me] = rng
+                _waiting[me] = (rng, self.call)
                 try:
                     _changed.wait(wait)
                 finally:
                     _waiting.pop(me, None)
         finally:
             rng.waiters -= 1
-        return None
 
-    def _give_back(self, rng: _Range, me: int, locked: bool = False) -> None:
-        """Drop this thread's ownership of ``rng`` (``_state`` held when ``locked``)."""
-        if not locked:
-            with _state:
-                self._give_back(rng, me, locked=True)
-            return
-        rng.owner, rng.depth, rng.call, rng.blocked_since = None, 0, None, None
+    def _leave(self, rng: _Range, me: int, taken: bool) -> None:
+        """This call is done with ``rng`` (``_state`` held): it stops computing under it, and
+        the last user of a held byte gives it back to the kernel. ``taken``: the call held it
+        (joined, or acquired), rather than failed to take it."""
+        computing = rng.calls.get(self.call)
+        if computing is not None and computing.thread == me:
+            del rng.calls[self.call]
         left = _owned.get(me, 1) - 1
         if left:
             _owned[me] = left
         else:
             _owned.pop(me, None)
+        if taken:
+            rng.users -= 1
+            if rng.users <= 0 and rng.state == _HELD:
+                try:
+                    if rng.file.fd is not None:
+                        _unlock(rng.file.fd, rng.offset)
+                finally:
+                    rng.file.held -= 1
+                    rng.state, rng.users = _IDLE, 0
+        elif rng.state == _ACQUIRING and rng.acquirer == me:
+            rng.state, rng.acquirer = _IDLE, None
         _forget_if_idle(rng)
         _changed.notify_all()
 
@@ -479,7 +527,9 @@ class ComputeLock:
             if not taken:  # EDEADLK
                 now = time.monotonic()
                 cycle_since = cycle_since or now
-                if now - cycle_since >= CYCLE_CONFIRM_SECONDS:
+                bound = (CALL_CYCLE_CONFIRM_SECONDS if rng.offset > 0 and _only_call_locks_held()
+                         else CYCLE_CONFIRM_SECONDS)
+                if now - cycle_since >= bound:
                     return (f"waiting for the lock {self.path} would close a cycle of "
                             "processes that wait for each other's locks")
                 time.sleep(_POLL_FIRST * 10)
@@ -514,42 +564,36 @@ def _unlock(fd: int, offset: int) -> None:
 
 
 def _process_owns_others() -> bool:
-    """Whether threads of this process own more than the one byte being taken."""
+    """Whether threads of this process compute more than the one call being locked."""
     with _state:
         return sum(_owned.values()) > 1
 
 
+def _only_call_locks_held() -> bool:
+    """Whether every byte this process holds in the kernel is a ``call`` lock (offset > 0)."""
+    with _state:
+        return all(rng.offset > 0 for rng in _ranges.values() if rng.state == _HELD)
+
+
 def _forget_if_idle(rng: _Range) -> None:
-    """Bound the table: a byte nobody owns or waits for is forgotten (one per call)."""
-    if rng.owner is None and not rng.waiters:
+    """Bound the table: a byte nobody uses or waits for is forgotten (one per call)."""
+    if rng.state == _IDLE and not rng.calls and not rng.waiters:
         key = (rng.file.path, rng.offset)
         if _ranges.get(key) is rng:
             del _ranges[key]
 
 
-def _cycle_through(me: int, rng: _Range) -> bool:
-    """Whether the owner of ``rng`` waits, through threads of this process, for a byte ``me``
-    owns (``_state`` held)."""
+def _cycle_through(me: int, thread: Optional[int]) -> bool:
+    """Whether ``thread`` waits, through threads of this process, for ``me`` (``_state``
+    held)."""
     seen: Set[int] = set()
-    owner = rng.owner
-    while owner is not None and owner not in seen:
-        if owner == me:
+    while thread is not None and thread not in seen:
+        if thread == me:
             return True
-        seen.add(owner)
-        awaited = _waiting.get(owner)
-        owner = awaited.owner if awaited is not None else None
+        seen.add(thread)
+        awaited = _waiting.get(thread)
+        thread = awaited[0].awaited_thread(awaited[1]) if awaited is not None else None
     return False
-
-
-_THREAD_WAIT_FILES = tuple(os.path.join(os.path.dirname(threading.__file__), name)
-                           for name in ("threading.py", "queue.py"))
-
-
-def _blocked_on_threads(ident: int) -> bool:
-    """Whether thread ``ident`` is blocked waiting for other threads: its innermost Python frame
-    is a wait of ``threading`` or ``queue`` (what futures, pools, queues and joins wait in)."""
-    frame = sys._current_frames().get(ident)
-    return frame is not None and frame.f_code.co_filename in _THREAD_WAIT_FILES
 
 
 if sys.platform.startswith("linux"):
@@ -653,11 +697,11 @@ def scope_lock(path: str, timeout: Optional[float] = None) -> ScopeLock:
 
 
 def compute_lock(path: str, offset: int = 0, timeout: Optional[float] = None,
-                 call: Optional[bytes] = None) -> ComputeLock:
+                 call: Hashable = None) -> ComputeLock:
     """The compute lock of a miss: ``acquire()`` returns None once held, or the reason the call
     computes without it (see the rules in the module docstring); ``timeout`` as
-    ``lock_timeout``; ``call`` is the call's digest (a waiter for the same call always waits
-    for another thread of its process)."""
+    ``lock_timeout``; ``call`` identifies the call (its store and digest): threads of this
+    process wait for each other only to compute the same call."""
     return ComputeLock(path, offset, timeout, call)
 
 
@@ -703,7 +747,8 @@ def _forget_after_fork() -> None:
         lock_file.fd = lock_file.identity = None
         lock_file.held = 0
     for rng in _ranges.values():  # holds the child still releases unlock nothing
-        rng.owner, rng.depth = None, 0
+        rng.calls.clear()
+        rng.state, rng.acquirer, rng.users = _IDLE, None, 0
     _files.clear()
     _ranges.clear()
     _owned.clear()

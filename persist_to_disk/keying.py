@@ -380,6 +380,28 @@ def _holding(cells: tuple, values: tuple) -> Callable[[], bool]:
     return lambda: all(cell.cell_contents is value for cell, value in zip(cells, values))
 
 
+class CapturedValueChanging(Exception):
+    """A captured variable whose value another thread kept changing while it was keyed, so that
+    no digest of it could be read whole (:meth:`CapturedValues.current`). The call it was
+    keyed for must neither read nor write the cache: keyed without the variable, or by a state
+    half-way through a change, it could return the result of another state. The API layer
+    catches it and computes the call; it never reaches the caller."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the captured variable {name!r} kept changing while it was keyed")
+        self.name = name
+
+
+def _changed_meanwhile(err: BaseException) -> bool:
+    """Whether ``err`` is what iterating a container another thread changes raises (``dict
+    changed size during iteration``, its ``set``, ``OrderedDict`` and ``deque`` variants);
+    RecursionError, also a RuntimeError, is not."""
+    return type(err) is RuntimeError and "during iteration" in str(err)
+
+
+_SNAPSHOT = frozenset({dict, list, set, bytearray})  # copied without running Python code
+
+
 class CapturedValues:
     """The key entries of the variables a closure captures, as they are at each call.
 
@@ -411,19 +433,31 @@ class CapturedValues:
     no warning. Limits: a change another thread makes during a run is taken for the run's, and
     a state the caller produces that equals one a run produced is keyed as before that run.
 
+    Another thread may change a captured value while it is being keyed (its own run of the
+    function memoizing into the dict); iterating it then raises ``RuntimeError``. Its digest is
+    read again, from a copy of it (a plain container is copied without running Python code,
+    so without another thread getting in), up to ``DIGEST_ATTEMPTS`` times; if it never holds
+    still, :meth:`current` raises :class:`CapturedValueChanging` (reported once per variable
+    through ``on_changing(name)``) and the call computes without the cache. Any other
+    exception keying a value raises (a ``__getattr__`` that fails, say) makes it a value that
+    cannot be keyed. Nothing done after a run (:meth:`end_run`) raises.
+
     ``current()`` gives ``(number of entries, their encoding as call_digest writes it, the
     entries ((label, digest), ...))``; the digests are those of earlier versions, which keyed
     the values once, at decoration.
     """
 
     MAX_ALIASES = 4096  # per variable: a long-lived process must not grow without bound
+    DIGEST_ATTEMPTS = 5  # reads of a value another thread is changing, before giving up
 
     __slots__ = ("names", "labels", "cells", "function_name", "_codes", "_ignore",
-                 "_on_unkeyable", "_warned", "_memo", "_last", "_aliases", "_active", "_lock")
+                 "_on_unkeyable", "_on_changing", "_warned", "_memo", "_last", "_aliases",
+                 "_active", "_lock")
 
     def __init__(self, captured: Sequence[Tuple[str, str, Any]], ignore: Callable[[Any], bool],
                  on_unkeyable: Callable[[str, Exception], None],
-                 function_name: str = "the function") -> None:
+                 function_name: str = "the function",
+                 on_changing: Optional[Callable[[str], None]] = None) -> None:
         self.names = tuple(name for name, _, _ in captured)     # variable names
         self.labels = tuple(label for _, label, _ in captured)  # their key names, <closure>...
         self.cells = tuple(cell for _, _, cell in captured)
@@ -431,6 +465,7 @@ class CapturedValues:
         self._codes = tuple(_text(b"s", label) for label in self.labels)
         self._ignore = ignore
         self._on_unkeyable = on_unkeyable
+        self._on_changing = on_changing
         self._warned: set = set()
         count = len(self.cells)
         # Per cell, (value, entry, encoding) while the value is keyed for good (else None).
@@ -449,6 +484,9 @@ class CapturedValues:
         return len(self.cells)
 
     def current(self) -> Tuple[int, bytes, Tuple[Tuple[str, bytes], ...]]:
+        """Raises :class:`CapturedValueChanging` (reported once per variable) when another
+        thread kept changing a captured value while it was keyed: the call must then compute
+        without the cache."""
         last = self._last
         if last is not None:
             try:
@@ -456,7 +494,11 @@ class CapturedValues:
                     return last[1]
             except ValueError:  # a cell emptied by ``del``
                 pass
-        return self._refresh()
+        try:
+            return self._refresh()
+        except CapturedValueChanging as err:
+            self._report_changing(err.name)
+            raise
 
     def _refresh(self) -> Tuple[int, bytes, Tuple[Tuple[str, bytes], ...]]:
         values, entries, codes, stable = [], [], [], True
@@ -480,10 +522,15 @@ class CapturedValues:
                             and self._aliases[index] is None):
                         # The common case, inlined: a dict or list no run ever changed.
                         try:
-                            digest = value_digest(value)
+                            try:
+                                digest = value_digest(value)
+                            except UnkeyableValue:
+                                raise
+                            except Exception:  # changed by another thread meanwhile, mostly
+                                digest = self._digest(index, value)
                             memo = (value, (self.labels[index], digest),
                                     self._codes[index] + _DIGEST_HEAD + digest)
-                        except (UnkeyableValue, RecursionError) as err:
+                        except UnkeyableValue as err:
                             self._report(index, err)
                             memo = (value, None, b"")
                     else:
@@ -497,14 +544,58 @@ class CapturedValues:
 
     def _entry(self, index: int, value: Any) -> Tuple[Any, Optional[Tuple[str, bytes]], bytes]:
         """``(value, (label, digest) or None, its encoding)`` for the value of cell ``index``."""
-        if type(value) not in _PLAIN and self._ignore(value):
+        if type(value) not in _PLAIN and self._ignored(value):
             return value, None, b""
         try:
-            digest = value_digest(value)
-        except (UnkeyableValue, RecursionError) as err:
+            digest = self._digest(index, value)
+        except UnkeyableValue as err:
             self._report(index, err)
             return value, None, b""
         return value, (self.labels[index], digest), self._codes[index] + _DIGEST_HEAD + digest
+
+    def _ignored(self, value: Any) -> bool:
+        """``ignore(value)``, which reads ``__wrapped__``: an object whose ``__getattr__``
+        raises is no layer of the function (and is keyed, or reported as unkeyable)."""
+        try:
+            return bool(self._ignore(value))
+        except Exception:
+            return False
+
+    def _digest(self, index: int, value: Any) -> bytes:
+        """``value_digest(value)`` for cell ``index``, read whole although another thread may
+        be changing the value (see the class docstring): raises ``UnkeyableValue`` for a value
+        that cannot be keyed (whatever keying it raised, RecursionError included) and
+        :class:`CapturedValueChanging` when it never held still."""
+        snapshot = value
+        for _ in range(self.DIGEST_ATTEMPTS):
+            try:
+                return value_digest(snapshot)
+            except UnkeyableValue:
+                raise
+            except RecursionError:
+                raise UnkeyableValue("it is nested too deeply to be keyed") from None
+            except Exception as err:
+                if not _changed_meanwhile(err):
+                    raise UnkeyableValue(
+                        f"keying it raised {type(err).__name__}: {err}") from None
+            # Changed by another thread meanwhile: key a copy, taken in one step (the items
+            # inside it may still change, hence a few attempts).
+            if type(value) in _SNAPSHOT:
+                try:
+                    snapshot = value.copy()
+                except Exception:
+                    snapshot = value
+        raise CapturedValueChanging(self.names[index])
+
+    def _report_changing(self, name: str) -> None:
+        first = ("changing", name) not in self._warned
+        if first:
+            self._warned.add(("changing", name))
+        log.debug("persistf on %s: another thread kept changing the captured variable %r "
+                  "while it was keyed (%d attempts); this call computes without the cache",
+                  self.function_name, name, self.DIGEST_ATTEMPTS)
+        if first and self._on_changing is not None:
+            self._on_changing(name)
 
     def _report(self, index: int, err: Exception) -> None:
         name = self.names[index]
@@ -516,11 +607,13 @@ class CapturedValues:
                         ) -> Tuple[Any, Optional[Tuple[str, bytes]], bytes]:
         """:meth:`_entry` for a value whose digest may change (keyed at every call): the digest
         it had when a run under way began, else its own digest through the alias table."""
-        if type(value) not in _PLAIN and self._ignore(value):
+        if type(value) not in _PLAIN and self._ignored(value):
             return value, None, b""
         active = self._active[index]
         run = active.get(id(value)) if active else None
         digest = run[1] if run is not None and run[0] is value else self._canonical(index, value)
+        if digest is _CHANGING:  # the run under way began while another thread changed it
+            raise CapturedValueChanging(self.names[index])
         if digest is None:
             return value, None, b""
         return value, (self.labels[index], digest), self._codes[index] + _DIGEST_HEAD + digest
@@ -528,11 +621,12 @@ class CapturedValues:
     def _canonical(self, index: int, value: Any) -> Optional[bytes]:
         """The digest ``value`` is keyed by: its own, or through the aliases the function's
         runs made for this object, the one it had before the first of those runs (None: no
-        entry, the value cannot be keyed)."""
+        entry, the value cannot be keyed; raises :class:`CapturedValueChanging`)."""
         try:
-            return self._through_aliases(index, value, value_digest(value), None)
-        except (UnkeyableValue, RecursionError) as err:
+            raw = self._digest(index, value)
+        except UnkeyableValue as err:
             return self._through_aliases(index, value, _UNKEYABLE, err)
+        return self._through_aliases(index, value, raw, None)
 
     def _through_aliases(self, index: int, value: Any, raw: Any, err: Optional[Exception]
                          ) -> Optional[bytes]:
@@ -552,20 +646,28 @@ class CapturedValues:
     # --- runs of the function -------------------------------------------------------------
     def begin_run(self) -> Tuple[Tuple[int, Any], ...]:
         """Note the captured mutable values as a run of the function starts; pass what this
-        returns to :meth:`end_run` when it ends (also when it raises)."""
+        returns to :meth:`end_run` when it ends (also when it raises). Never raises: a value
+        that another thread kept changing meanwhile is noted as such (calls during the run
+        then compute without the cache, and the run's changes are not aliased)."""
         started = []
         for index, cell in enumerate(self.cells):
             try:
                 value = cell.cell_contents
             except ValueError:
                 continue
-            if _keyed_for_good(value) or (type(value) not in _PLAIN and self._ignore(value)):
+            if _keyed_for_good(value) or (type(value) not in _PLAIN and self._ignored(value)):
                 continue
             run = self._active[index].get(id(value))
             # Hashed again, not taken from the call's key: a NOCACHE run is not keyed first,
             # and a stale digest here would alias the caller's changes.
-            digest = (run[1] if run is not None and run[0] is value
-                      else self._canonical(index, value))
+            try:
+                digest = (run[1] if run is not None and run[0] is value
+                          else self._canonical(index, value))
+            except CapturedValueChanging:
+                log.debug("persistf on %s: another thread kept changing the captured variable "
+                          "%r as a run began; calls during the run compute without the cache",
+                          self.function_name, self.names[index])
+                digest = _CHANGING
             thread = threading.get_ident()
             with self._lock:
                 run = self._active[index].get(id(value))
@@ -577,7 +679,9 @@ class CapturedValues:
         return tuple(started)
 
     def end_run(self, started: Tuple[Tuple[int, Any], ...]) -> None:
-        """After a run: alias what the last run under way on each value changed in it."""
+        """After a run: alias what the last run under way on each value changed in it. Never
+        raises for a value (its alias is then not made: a later call of that state computes
+        again, never returns another state's result), since the run's result is returned."""
         thread = threading.get_ident()
         for index, value in started:
             with self._lock:
@@ -594,6 +698,10 @@ class CapturedValues:
                     self._alias(index, value, run[1])
             except ValueError:  # emptied by ``del``
                 pass
+            except Exception:  # the run's result must be returned whatever happens here
+                log.debug("persistf on %s: could not note what a run changed in the captured "
+                          "variable %r; a later call of its new state computes again",
+                          self.function_name, self.names[index], exc_info=True)
             finally:
                 with self._lock:
                     if not run[2]:  # no run began again meanwhile
@@ -610,12 +718,16 @@ class CapturedValues:
                 if not run[2]:
                     del active[key]
 
-    def _alias(self, index: int, value: Any, before: Optional[bytes]) -> None:
+    def _alias(self, index: int, value: Any, before: Any) -> None:
         """Key ``value``'s state after a run as ``before``, its key when the run began."""
+        if before is _CHANGING:  # no key to go back to: the new state is keyed by itself
+            return
         try:
-            after: Any = value_digest(value)
-        except (UnkeyableValue, RecursionError):
+            after: Any = self._digest(index, value)
+        except UnkeyableValue:
             after = _UNKEYABLE
+        except CapturedValueChanging:  # changed on by another thread: keyed by itself later
+            return
         with self._lock:
             aliases = self._aliases[index]
             table = aliases[1] if aliases is not None and aliases[0] is value else {}
@@ -640,6 +752,7 @@ class CapturedValues:
 
 
 _UNKEYABLE = object()  # the digest of a value that has none, in alias tables
+_CHANGING = object()  # the digest a run began with, for a value another thread kept changing
 _NO_ALIAS = object()
 
 

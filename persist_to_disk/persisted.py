@@ -33,7 +33,7 @@ from .engine import (Durability, EngineError, LockScope, Record, Store,
                      StoreFormatError, Timeout, check_folder, check_trusted,
                      compute_lock, ensure_local_filesystem, lock_place, store_exists)
 from .errors import CacheMissError, ConfigError, PersistWarning
-from .keying import CallKeyer, CapturedValues, bucket_of, call_digest
+from .keying import CallKeyer, CapturedValueChanging, CapturedValues, bucket_of, call_digest
 from .locations import function_folder_name, function_name, leaf_folder, module_parts
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE, parse_mode
 from .normalization import GroupSpec, Normalizer, group_folder_names
@@ -203,7 +203,10 @@ class PersistedFunction:
         # What a closure captures, keyed as it is at each call (None: it captures nothing).
         self.captured = captured_values(func, options.skip_kwargs)
         if self.captured is not None:
-            self.captured.current()  # report values that cannot be keyed at decoration already
+            try:
+                self.captured.current()  # report values that cannot be keyed at decoration
+            except CapturedValueChanging:  # (reported; each call keys them again)
+                pass
             self.func = _bracketing_runs(func, self.captured)
         self._resolve_lock = threading.Lock()  # replaced in a forked child: _after_fork_in_child
         _INSTANCES.add(self)
@@ -294,7 +297,10 @@ class PersistedFunction:
                     self.binder.bind, options.skip_kwargs,
                     self.captured if self.captured is not None else (),
                     plannable=not (options.groupby or options.expand_dict_kwargs))
-            digest = keyer.digest(args, kwargs)
+            try:
+                digest = keyer.digest(args, kwargs)
+            except CapturedValueChanging:  # no stable key: neither read nor write the cache
+                return self.func(*args, **kwargs)
             if digest is not None:
                 store = self._leaves.get(()) if self._version == self.config.version else None
                 if store is None:
@@ -313,7 +319,17 @@ class PersistedFunction:
             mode = self.options.cache
         if mode == NOCACHE:
             return self.func(*args, **kwargs)
-        store, bucket, digest, key = self.locate(args, kwargs)
+        try:
+            store, bucket, digest, key = self.locate(args, kwargs)
+        except CapturedValueChanging as err:  # no stable key: neither read nor write the cache
+            if mode == CHECKONLY:
+                return False
+            if mode == READONLY:
+                raise CacheMissError(
+                    f"READONLY: {self.name} cannot look its result up: {err}, by another "
+                    "thread. Call it when that thread leaves the variable alone, or without "
+                    "cache_switch (or with CACHE) to compute it.") from None
+            return self.func(*args, **kwargs)
         if mode == CHECKONLY:
             return self._load(store, bucket, digest, value=False)[0]
         if mode != RECACHE:
@@ -365,7 +381,7 @@ class PersistedFunction:
     def _compute(self, store: Store, bucket: int, digest: bytes, key: tuple, args: tuple,
                  kwargs: dict, mode: int) -> Any:
         path, offset = lock_place(self.scope, store.path, digest, self.project_root)
-        lock = compute_lock(path, offset, self.options.lock_timeout, call=digest)
+        lock = compute_lock(path, offset, self.options.lock_timeout, call=(store.path, digest))
         try:
             unlocked_because = lock.acquire()
             if unlocked_because is not None:  # a nested call that must not wait: never hang
@@ -401,7 +417,11 @@ class PersistedFunction:
         as JSON text); one found there is stored again under this call's own digest, so the next
         call is a plain hit. Only on the miss path, inside the lock."""
         found, value = self._load(store, bucket, digest)
-        if found or self.closure_key:  # 0.0.7 did not key captured variables: never guess
+        try:
+            keys_captured = found or bool(self.closure_key)
+        except CapturedValueChanging:
+            keys_captured = True
+        if keys_captured:  # 0.0.7 did not key captured variables: never guess
             return found, value
         from .legacy.lookup import find_imported
         record = find_imported(store, key, self.hashsize, bool(self.options.groupby))
@@ -483,13 +503,19 @@ class PersistedFunction:
         since gone still counts, though the next call recomputes it; a record whose header is
         damaged does not."""
         kwargs.pop(self.options.switch_kwarg, None)
-        store, bucket, digest, _ = self.locate(args, kwargs)
+        try:
+            store, bucket, digest, _ = self.locate(args, kwargs)
+        except CapturedValueChanging:  # no stable key, so nothing can be found under it
+            return False
         return self._load(store, bucket, digest, value=False)[0]
 
     def forget(self, args: tuple, kwargs: dict) -> bool:
         """Append a tombstone if a result is stored (its header is read, never its value)."""
         kwargs.pop(self.options.switch_kwarg, None)
-        store, bucket, digest, _ = self.locate(args, kwargs)
+        try:
+            store, bucket, digest, _ = self.locate(args, kwargs)
+        except CapturedValueChanging:  # no stable key: nothing to delete under it
+            return False
         return store.delete(bucket, digest)
 
 
@@ -589,21 +615,27 @@ def captured_values(func: Callable, skip: Sequence[str] = ()) -> Optional[Captur
         return None
     return CapturedValues(captured, is_layer,
                           functools.partial(_warn_unkeyable_captured, func.__qualname__),
-                          func.__qualname__)
+                          func.__qualname__,
+                          functools.partial(_warn_changing_captured, func.__qualname__))
 
 
 def _bracketing_runs(func: Callable, captured: CapturedValues) -> Callable:
     """``func``, telling ``captured`` when each run starts and ends (also when it raises), so
     that what a run changes in place in a captured value (a list of calls it appends to, a
     dict it memoizes into) is keyed as it was before the run: later calls keep hitting,
-    without naming the variable in skip_kwargs."""
+    without naming the variable in skip_kwargs. Nothing after the run may raise into the
+    call: a computed result is never thrown away for the sake of bookkeeping."""
     @functools.wraps(func)
     def run(*args, **kwargs):
         started = captured.begin_run()
         try:
             return func(*args, **kwargs)
         finally:
-            captured.end_run(started)
+            try:
+                captured.end_run(started)
+            except Exception:  # (end_run catches its own; this is the last resort)
+                log.debug("persistf on %s: noting what a run changed in its captured "
+                          "variables failed", captured.function_name, exc_info=True)
     return run
 
 
@@ -612,6 +644,16 @@ def _warn_unkeyable_captured(qualname: str, name: str, err: Exception) -> None:
         f"persistf on {qualname}: the captured variable {name!r} cannot be part of the cache key "
         f"({err}); closures that differ only in it will share cached results. Pass it as an "
         "argument instead, or list it in skip_kwargs if it does not change the result.",
+        PersistWarning, stacklevel=_caller_stacklevel())
+
+
+def _warn_changing_captured(qualname: str, name: str) -> None:
+    warnings.warn(
+        f"persistf on {qualname}: another thread kept changing the captured variable {name!r} "
+        "while it was being keyed; a call keyed meanwhile computes its result without the cache "
+        "(keyed by a state half-way through a change, it could return another state's "
+        "result). Pass the value as an argument, or guard it with a lock the caller and that "
+        "thread share, or list it in skip_kwargs if it does not change the result.",
         PersistWarning, stacklevel=_caller_stacklevel())
 
 

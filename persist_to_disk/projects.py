@@ -21,6 +21,7 @@ is (``PERSIST_TO_DISK_HOME``) is the user's decision, and a folder replaced by a
 would be theirs, which the check of the folder itself refuses.
 """
 
+import codecs
 import os
 import stat
 from typing import Dict, Optional
@@ -85,11 +86,20 @@ def read_settings_file(path: str, sharing) -> Optional[str]:
     except OSError as err:
         raise ConfigError(f"{path} cannot be read ({err}). Make it readable, or delete it "
                           "(it is written again when needed).") from None
-    with os.fdopen(fd, "rb") as handle:
+    # The type is checked on the bare descriptor: os.fdopen itself refuses a directory
+    # (IsADirectoryError), and the descriptor must be closed on every refusal.
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{path} is not a regular file ({stat.filemode(info.st_mode)}). "
-                              "Remove it; the settings are files.")
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ConfigError(f"{path} is {kind} ({stat.filemode(info.st_mode)}). Remove it "
+                              "(or move it away); the settings are plain files, written again "
+                              "when needed.")
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
         finding = trust.path_problem(path, sharing, info)
         if finding is not None:
             raise untrusted_settings(path, finding)
@@ -97,6 +107,11 @@ def read_settings_file(path: str, sharing) -> Optional[str]:
             data = handle.read()
         except OSError as err:
             raise ConfigError(f"{path} cannot be read ({err}).") from None
+    # A UTF-8 byte order mark (Notepad and other Windows editors write one) is dropped, as
+    # "utf-8-sig" would: configparser would otherwise see it as text before the first section
+    # header. Stripped here rather than by the codec so error offsets index ``data``.
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -73,6 +73,71 @@ def fan_out_processes(n, depth, start_method="fork"):
     return sum(parts)
 
 
+@ptd.persistf(lock_granularity=SCOPE)
+def outer(x):
+    """Hands a call of *another* cached function, with the same arguments, to a thread."""
+    computed("outer", x)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(inner, x).result() + 1
+
+
+@ptd.persistf(lock_granularity=SCOPE)
+def inner(x):
+    computed("inner", x)
+    return 2 * x
+
+
+@ptd.persistf(lock_granularity=SCOPE)
+def waits_for_its_helper(n, how):
+    """Hands ``waits_for_its_helper(n + 1)`` to a thread of its own and waits for it in one of
+    the ways a library cannot see into."""
+    computed("waits_for_its_helper", (n, how))
+    if n > 0:
+        return n
+    import asyncio
+    import queue
+    import threading
+    if how == "asyncio":
+        async def main():
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, waits_for_its_helper, n + 1, how)
+        return asyncio.run(main())
+    answers = queue.SimpleQueue()
+    done = threading.Lock()
+    done.acquire()
+    helper = threading.Thread(target=lambda: (answers.put(waits_for_its_helper(n + 1, how)),
+                                              done.release()))
+    helper.start()
+    if how == "simple-queue":
+        return answers.get()
+    if how == "plain-lock":
+        done.acquire()
+        return answers.get()
+    while helper.is_alive():  # polling
+        time.sleep(0.001)
+    return answers.get()
+
+
+@ptd.persistf(lock_granularity=SCOPE)
+def slow_c(x):
+    computed("slow_c", x)
+    time.sleep(3)
+    return x
+
+
+@ptd.persistf(lock_granularity=SCOPE)
+def middle_b(x):
+    computed("middle_b", x)
+    time.sleep(0.5)
+    return slow_c(x) + 1
+
+
+@ptd.persistf(lock_granularity=SCOPE)
+def top_a(x):
+    computed("top_a", x)
+    return middle_b(x) + 1
+
+
 def expected_fan_out(n, depth):
     if depth == 0:
         return n
@@ -100,6 +165,20 @@ def main() -> None:
             first = pool.submit(ping, argument)
             second = pool.submit(pong, argument + 1)
             assert first.result() == argument and second.result() == argument + 1
+    elif scenario == "other-function-in-a-thread":
+        assert outer(argument) == 2 * argument + 1
+    elif scenario == "waits-for-its-helper":
+        for how in ("simple-queue", "asyncio", "polling", "plain-lock"):
+            assert waits_for_its_helper(0, how) == 1, how
+    elif scenario == "a-then-b-while-c":  # two threads: c(x) now, a(x) -> b(x) half a second on
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            c = pool.submit(slow_c, argument)
+            time.sleep(0.5)
+            assert pool.submit(top_a, argument).result() == argument + 2
+            assert c.result() == argument
+    elif scenario == "b-then-c":
+        time.sleep(0.2)
+        assert middle_b(argument) == argument + 1
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print("done", flush=True)

@@ -1,7 +1,8 @@
 """Issue 9, items 3, 4 and 6.
 
 * 9.4: what a closure captures is keyed as it is at each call (a variable assigned after the
-  ``def``, a dict filled after it, a ``nonlocal`` rebinding), and both keying paths agree.
+  ``def``, a dict filled after it, a ``nonlocal`` rebinding), and both keying paths agree; a
+  captured value another thread changes while it is keyed never fails the call.
 * 9.6: a groupby value named like one of a store's own files (``lock.mdb``, ``gen-1``, ...) gets
   an escaped leaf folder, so neither the leaf nor the store above it breaks.
 * 9.3: a forked child never inherits a held resolve lock.
@@ -9,6 +10,7 @@
 
 import json
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -449,6 +451,158 @@ def test_a_child_forked_during_another_threads_run_keys_the_callers_later_change
         python_runner):
     result = python_runner(FORK_DURING_A_RUN, timeout=120)
     assert result.stdout.splitlines() == ["a:1", "child: 0"], result.stderr
+
+
+# --- captured values another thread changes while they are keyed ------------------------------
+THREAD_FILL = 10000  # entries each run adds: keying the dict then spans several thread switches
+
+
+def _run_threads(targets, seconds: float = 120) -> None:
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+
+
+def test_a_closure_memoizing_into_a_captured_dict_from_four_threads_returns_every_result():
+    """Each run fills the dict while the other threads key it (before their call, as their
+    run begins, after it ends): iterating it raised ``dictionary changed size during
+    iteration``, also after the function had run, which threw its result away."""
+    def make():
+        memo = {}
+
+        @ptd.persistf()
+        def h(x):
+            for k in range(THREAD_FILL):
+                memo[(x, k)] = k
+            return x * 2
+        return h
+
+    h = make()
+    results, errors = [], []
+
+    def worker(t):
+        def calls():
+            for i in range(4):
+                try:
+                    results.append((t * 10 + i, h(t * 10 + i)))
+                except Exception as err:  # noqa: BLE001 (what the test is about)
+                    errors.append(repr(err))
+        return calls
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ptd.PersistWarning)
+        _run_threads([worker(t) for t in range(4)])
+    assert errors == []
+    expected = [(t * 10 + i, 2 * (t * 10 + i)) for t in range(4) for i in range(4)]
+    assert sorted(results) == sorted(expected)
+
+
+def test_calls_while_a_background_thread_keeps_changing_a_captured_dict_return_right_values():
+    config = {"scale": 3}
+
+    @ptd.persistf()
+    def scaled(x):
+        return x * config["scale"]
+
+    stop = threading.Event()
+    errors = []
+
+    def churn():
+        i = 0
+        while not stop.is_set():
+            config[f"tmp{i % 5000}"] = i  # the dict grows and shrinks without a pause
+            if i % 3 == 0:
+                config.pop(f"tmp{(i * 7) % 5000}", None)
+            i += 1
+
+    def caller():
+        try:
+            for _ in range(2):
+                for x in range(50):
+                    try:
+                        assert scaled(x) == 3 * x
+                    except Exception as err:  # noqa: BLE001 (what the test is about)
+                        errors.append(repr(err))
+        finally:
+            stop.set()
+
+    for i in range(5000):  # a dict large enough that keying it spans thread switches
+        config[f"tmp{i}"] = i
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch often, as a busy process with many threads does
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ptd.PersistWarning)
+            _run_threads([churn, caller])
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
+class _AlwaysChanging(dict):
+    """A dict whose items can never be read whole, as if another thread changed it at every
+    attempt (what a test cannot make happen on demand with a plain dict)."""
+
+    def items(self):
+        return self
+
+    def __next__(self):
+        raise RuntimeError("dictionary changed size during iteration")
+
+    def __iter__(self):
+        return self
+
+
+def test_a_captured_value_that_never_holds_still_is_computed_without_the_cache_and_warned_once():
+    """Keyed without the variable, or by a state half-way through a change, the call could
+    return another state's result: it neither reads nor writes the cache."""
+    state = _AlwaysChanging(model="a")
+    runs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        @ptd.persistf()
+        def predict(x):
+            runs.append(x)
+            return f"{state['model']}:{x}"
+        assert predict(1) == "a:1" and predict(1) == "a:1"
+        assert predict(1, cache_switch=ptd.CHECKONLY) is False
+        assert predict.is_cached(1) is False and predict.forget(1) is False
+        with pytest.raises(ptd.CacheMissError, match="'state' kept changing"):
+            predict(1, cache_switch=ptd.READONLY)
+    assert runs == [1, 1]
+    messages = [str(w.message) for w in caught if issubclass(w.category, ptd.PersistWarning)]
+    assert len(messages) == 1 and "'state'" in messages[0], messages
+    assert "without the cache" in messages[0]
+    assert predict.cache_info()["entries"] == 0
+
+
+class _Prickly:
+    """An object whose ``__getattr__`` raises something else than AttributeError (asked for
+    ``__wrapped__``, to tell whether it is a layer of the function)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __getattr__(self, attribute):
+        raise RuntimeError(f"no {attribute} here")
+
+
+def test_a_captured_object_whose_getattr_raises_is_keyed_by_its_state_and_never_fails_the_call():
+    def build(name):
+        prickly = _Prickly(name)
+
+        @ptd.persistf()
+        def f(x):
+            return f"{prickly.name}:{x}"
+        return f
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build("a")(1) == "a:1" and build("b")(1) == "b:1" and build("a")(1) == "a:1"
 
 
 # =================================================================================================

@@ -335,6 +335,53 @@ def test_a_config_ini_that_is_not_utf8_is_a_config_error_naming_it(ptd_env):
     assert calls == []
 
 
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("name", ["config.ini", "project_to_pids.txt"])
+def test_a_settings_file_that_is_a_folder_is_a_config_error_and_leaks_no_descriptor(ptd_env,
+                                                                                     name):
+    """os.fdopen refuses a folder with a bare IsADirectoryError: the file type is checked on
+    the descriptor first, and the descriptor is closed on every refusal."""
+    folder = ptd_env.home / name
+    folder.mkdir(parents=True)
+    os.chmod(ptd_env.home, 0o700)
+    reload_settings(ptd_env)
+    compute, calls = counted()
+    before = open_descriptors()
+
+    for _ in range(3):
+        with pytest.raises(ptd.ConfigError) as raised:
+            compute(1)
+        assert f"{folder} is a folder" in str(raised.value) and "Remove it" in str(raised.value)
+    assert open_descriptors() == before
+    assert calls == []
+
+
+def test_a_config_ini_saved_with_a_utf8_byte_order_mark_is_read(ptd_env):
+    """Notepad saves UTF-8 with a byte order mark; configparser would see it as text before
+    the first section header."""
+    ptd_env.home.mkdir(mode=0o700)
+    (ptd_env.home / "config.ini").write_bytes(
+        b"\xef\xbb\xbf[global_settings]\nhashsize = 7\npersist_path = "
+        + str(ptd_env.tmp / "caf\u00e9").encode() + b"\n")
+    reload_settings(ptd_env)
+    compute, calls = counted()
+
+    assert ptd.config.get_hashsize() == 7
+    assert ptd.config.get_persist_path() == str(ptd_env.tmp / "caf\u00e9")
+    assert compute(1) == compute(1) and calls == [1]
+
+    # a byte that is not UTF-8 after the mark is still named by its value and line
+    path = ptd_env.home / "config.ini"
+    path.write_bytes(b"\xef\xbb\xbf[global_settings]\nhashsize = 7\npersist_path = /caf\xe9\n")
+    reload_settings(ptd_env)
+    with pytest.raises(ptd.ConfigError) as raised:
+        ptd.config.get_hashsize()
+    assert f"{path} is not UTF-8 text (byte 0xe9 on line 3)" in str(raised.value)
+
+
 def test_a_percent_sign_in_persist_path_is_just_a_percent_sign(ptd_env, python_runner):
     folder = ptd_env.tmp / "100%cache %(x)s"
     write_config(ptd_env.home, persist_path=folder)

@@ -668,11 +668,99 @@ def test_running_out_of_descriptors_while_opening_closes_idle_stores_instead_of_
     assert result.stdout.strip() == "[] True"
 
 
+@pytest.mark.parametrize("limit", [24, 32])
+def test_under_a_very_low_descriptor_limit_every_call_works_and_half_the_limit_stays_free(
+        limit, python_runner):
+    """At ``ulimit -n 24`` 294 of 600 calls raised ``Too many open files`` from listing a new
+    leaf, and at 32 the library kept 29 descriptors: the pool (half the limit) and lock files
+    (at least 8) took more than everything. Together they now keep at most half."""
+    result = python_runner(f"""
+        import os, resource, warnings
+        resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))
+        import persist_to_disk as ptd
+
+        def open_descriptors():
+            return len(os.listdir("/proc/self/fd"))
+
+        @ptd.persistf(groupby=["leaf"])
+        def value(leaf, x):
+            return (leaf, x, "computed")
+
+        before = open_descriptors()
+        errors, most = [], 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for round in range(2):
+                for leaf in range(300):
+                    try:
+                        assert value(leaf, 1) == (leaf, 1, "computed")
+                    except Exception as err:
+                        errors.append(f"{{type(err).__name__}}: {{err}}")
+                    most = max(most, open_descriptors() - before)
+        cached = sum(value(leaf, 1, cache_switch=ptd.CHECKONLY) for leaf in range(300))
+        print(len(errors), cached, len(caught), most <= {limit} // 2)
+        print(errors[:2], [str(w.message) for w in caught][:2], most)
+        """, timeout=300)
+    counts, details = result.stdout.splitlines()
+    assert counts == "0 300 0 True", details
+
+
+def test_listing_a_new_leaf_with_every_descriptor_taken_closes_idle_stores_instead_of_failing(
+        python_runner):
+    """The user's files take every descriptor the idle environments left: finding whether a
+    new leaf holds a store (a folder listing, which needs a descriptor) closes idle
+    environments and lists again, as opening a store does, instead of raising ``Too many
+    open files`` (issue 10, item 4)."""
+    result = python_runner("""
+        import os, resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        import persist_to_disk as ptd
+
+        @ptd.persistf(groupby=["leaf"])
+        def value(leaf, x):
+            return (leaf, x)
+
+        for leaf in range(8):  # the pool's budget at this limit: every descriptor it may use
+            value(leaf, 1)
+        taken = []
+        try:
+            while True:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        errors = []
+        for leaf in list(range(8, 20)) + list(range(8)):  # new leaves, then hits
+            try:
+                assert value(leaf, 1) == (leaf, 1)
+            except Exception as err:
+                errors.append(f"{type(err).__name__}: {err}")
+        print(len(taken) > 0, len(errors), errors[:2])
+        """, timeout=WAIT)
+    assert result.stdout.strip() == "True 0 []"
+
+
+def test_environments_and_lock_files_together_keep_at_most_half_the_descriptor_limit():
+    """Budgets are read from the limit: three eighths for environments (3 descriptors each),
+    an eighth for lock files, with minimums small enough to keep half free from 16 up."""
+    import resource
+    from persist_to_disk.engine import locks
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        for limit in (16, 24, 32, 64, 128, 1024):
+            if limit <= hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+                kept = (environments.DESCRIPTORS_PER_ENVIRONMENT * environments.environment_budget()
+                        + locks._descriptor_budget())
+                assert kept <= limit // 2, limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_the_pool_budget_follows_the_descriptor_limit():
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        for limit, budget in ((64, 10), (128, 21), (4096, environments.DEFAULT_MAX_OPEN)):
+        for limit, budget in ((64, 8), (128, 16), (4096, environments.DEFAULT_MAX_OPEN)):
             if limit <= hard:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
                 assert EnvironmentPool().max_open == budget
