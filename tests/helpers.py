@@ -45,3 +45,14 @@ def lock_held_elsewhere(path, offset: int = 0) -> bool:
         return query.unpack(answer)[0] != fcntl.F_UNLCK
     finally:
         os.close(fd)
+
+
+def fill_up(path) -> None:
+    """Write zeros to ``path`` until its filesystem is full (a small tmpfs)."""
+    with open(path, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass

@@ -52,7 +52,7 @@ from persist_to_disk.engine.records import decode_record, encode_record
 from conftest import run_python
 import engine_workers
 from engine_workers import digest_for, record_for, value_for
-from helpers import files_under, store_folders
+from helpers import files_under, fill_up, store_folders
 
 TESTS_FOLDER = Path(__file__).resolve().parent
 MiB = 1 << 20
@@ -843,13 +843,7 @@ def test_a_new_store_on_a_full_disk_raises_instead_of_killing_the_process(small_
     """LMDB maps its lock file sparse; on a full disk the first write to it would be SIGBUS.
     The engine allocates the lock file's blocks first, so the process gets an OSError."""
     filler = small_disk / "filler"
-    with open(filler, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
+    fill_up(filler)
     result = python_runner(f"""
         import errno
         from persist_to_disk.engine import Store, Record, RecordKind

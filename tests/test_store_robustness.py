@@ -37,6 +37,7 @@ import pytest
 import persist_to_disk as ptd
 from conftest import write_module
 from engine_workers import digest_for, record_for, value_for
+from helpers import fill_up
 from persist_to_disk.cli import main
 from persist_to_disk.engine import (POOL, CorruptStoreError, EngineError, EnvironmentPool, Store,
                                     compact, environments)
@@ -595,13 +596,7 @@ def test_processes_creating_one_new_store_at_the_same_moment_all_store_their_res
 
 def test_a_store_whose_creation_ran_out_of_disk_is_created_once_space_is_freed(small_disk):
     filler = small_disk / "filler"
-    with open(filler, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
+    fill_up(filler)
     leaf = small_disk / "leaf"
     with pytest.raises(OSError) as raised:
         Store(leaf, "fast").append(0, digest_for("call"), record_for("call"))
