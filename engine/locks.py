@@ -328,10 +328,6 @@ class ComputeLock:
         self._range: Optional[_Range] = None
         self._outermost = False
 
-    @property
-    def is_locked(self) -> bool:
-        return self._range is not None
-
     def acquire(self) -> Optional[str]:
         """Wait for the lock and take it; return None, or why the call goes on without it.
 
@@ -362,7 +358,6 @@ class ComputeLock:
                 _forget_if_idle(rng)
                 return reason
             rng.calls[call] = _Call(me)
-            holds_others = _owned.get(me, 0) > 0
             _owned[me] = _owned.get(me, 0) + 1
             if rng.state == _HELD:  # another call of this process holds it: share it
                 rng.users += 1
@@ -370,7 +365,7 @@ class ComputeLock:
                 return None
             rng.state, rng.acquirer = _ACQUIRING, me
         try:
-            reason = self._lock_kernel(rng, deadline, holds_others)
+            reason = self._lock_kernel(rng, deadline)
         except BaseException:
             with _state:
                 self._leave(rng, me, taken=False)
@@ -459,8 +454,7 @@ class ComputeLock:
         _changed.notify_all()
 
     # --- between processes ----------------------------------------------------------------
-    def _lock_kernel(self, rng: _Range, deadline: Optional[float], holds_others: bool
-                     ) -> Optional[str]:
+    def _lock_kernel(self, rng: _Range, deadline: Optional[float]) -> Optional[str]:
         """Take the byte from the kernel (this thread owns ``rng`` in the process)."""
         lock_file = rng.file
         pause = _POLL_FIRST
@@ -501,7 +495,7 @@ class ComputeLock:
                 time.sleep(min(pause, deadline - now))
                 pause = min(pause * 2, _POLL_MAX)
                 continue
-            if self.nested_safe and not (holds_others or _process_owns_others()):
+            if self.nested_safe and not _process_owns_others():
                 # While this process holds nothing else it cannot be part of a cycle of
                 # processes; polling lets it see an ancestor that takes the lock later (rule
                 # 2). Asked again every round: another thread may take a lock meanwhile and
