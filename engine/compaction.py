@@ -28,6 +28,10 @@ A crash at any point loses nothing: before the seal the old generation is comple
 the seal sends everyone there, even if ``CURRENT`` was not written yet. A generation is deleted
 only when proven superseded (sealed) or proven never used (a rebuild that was never switched
 to); anything else found beside the store is left alone.
+
+This module decides what a rebuild keeps (the plan, over ``keys.newest_of_each_call``) and
+drives the steps; the mechanics of generations (creating one, the seal, the switch mark,
+``CURRENT``, removing old ones) are ``generations.py``'s, shared with opening a store.
 """
 
 import contextlib
@@ -44,19 +48,18 @@ import lmdb
 from filelock import FileLock
 
 from . import keys
-from .durability import Durability
-from .environments import (MAX_GENERATION_HOPS, MAX_READERS, POOL, EnvironmentPool,
-                           _file_identity, _open_environment, begin_transaction,
-                           create_data_file, error_number, initial_map_size, open_lmdb,
-                           reserve_lock_file)
-from .errors import CorruptStoreError, EngineError, StoreFormatError
 from . import trust
-from .filesystem import make_dirs
-from .generations import (BUILT_FROM_KEY, DATA_FILE, GENERATION_KEY, GENERATION_KEYS, LOCK_FILE,
-                          SEAL_KEY, SWITCHED_KEY, encode_seal, generation_folder,
-                          generation_folders, parse_seal, read_current, store_exists,
-                          store_file_bytes, write_current)
+from .durability import Durability
+from .environments import begin_transaction, file_identity, write_transaction
+from .errors import EngineError, StoreFormatError, engine_error, error_number
+from .generations import (BUILT_FROM_KEY, GENERATION_KEY, GENERATION_KEYS,
+                          MAX_GENERATION_HOPS, SEAL_KEY, create_generation, encode_seal,
+                          generation_folder, highest_folder, mark_switched, read_current,
+                          remove_generation, remove_other_generations, seal, sealed_to,
+                          store_exists, store_file_bytes, write_current)
+from .pool import POOL, EnvironmentPool
 from .records import RecordKind, decode_record
+from .settings import wording
 
 MAINTENANCE_LOCK = "maintenance.lock"
 _NOT_COPIED = GENERATION_KEYS  # each generation's own bookkeeping
@@ -119,20 +122,9 @@ def _calls(txn: "lmdb.Transaction") -> Iterator[Tuple[bytes, bytes, int]]:
     """Yield ``(newest key, newest value, versions)`` of every call, in key order, and
     ``(key, value, 0)`` for every other key (the store's own documents, or keys of a newer
     version: kept as they are). The seal and generation marker are not yielded."""
-    cursor = txn.cursor()
-    previous: Optional[Tuple[bytes, bytes]] = None
-    versions = 0
-    for key, value in cursor.iternext(keys=True, values=True):
-        if previous is not None and key[:keys.PREFIX_SIZE] != previous[0][:keys.PREFIX_SIZE]:
-            yield previous[0], previous[1], versions
-            previous, versions = None, 0
-        if keys.is_record_key(key):
-            previous = (key, value)
-            versions += 1
-        elif key not in _NOT_COPIED:
-            yield key, value, 0
-    if previous is not None:
-        yield previous[0], previous[1], versions
+    for key, value, versions in keys.newest_of_each_call(txn.cursor()):
+        if versions or key not in _NOT_COPIED:
+            yield key, value, versions
 
 
 def _decide(value: bytes, cutoff: Optional[float]) -> Tuple[int, float]:
@@ -244,13 +236,25 @@ def compact(leaf: str, policy: Optional[CompactionPolicy] = None, *, dry_run: bo
 
     Safe while other processes read and write the store (and grow its map). ``progress`` is
     called with the number of records examined since its last call. ``dry_run`` only reports
-    what would go.
+    what would go. Raises only engine errors (a failed read or write that escapes the rebuild
+    is :class:`~.errors.StorageIOError`, damage :class:`~.errors.CorruptStoreError`).
     """
     leaf = os.path.abspath(leaf)
+    try:
+        return _compact(leaf, policy, dry_run, progress, durability, pool)
+    except EngineError:
+        raise
+    except (lmdb.Error, OSError) as err:
+        raise engine_error(leaf, err, "compact") from err
+
+
+def _compact(leaf: str, policy: Optional[CompactionPolicy], dry_run: bool,
+             progress: Optional[Callable[[int], None]], durability: Durability,
+             pool: EnvironmentPool) -> CompactionReport:
     policy = policy or CompactionPolicy()
     durability = Durability.parse(durability)
     if not store_exists(leaf):
-        raise NoStoreError(f"There is no cache store in {leaf}. `ptd ls` lists the stores.")
+        raise NoStoreError(f"There is no cache store in {leaf}. {wording().list_stores}.")
     if dry_run:
         with _current_handle(pool, leaf, durability) as handle:
             bytes_before = store_file_bytes(leaf)
@@ -262,11 +266,11 @@ def compact(leaf: str, policy: Optional[CompactionPolicy] = None, *, dry_run: bo
     with FileLock(os.path.join(leaf, MAINTENANCE_LOCK), mode=sharing.file_mode):
         with _current_handle(pool, leaf, durability) as handle:
             old = handle.generation
-            new = max(old, _highest_folder(leaf)) + 1  # numbers are never reused
+            new = max(old, highest_folder(leaf)) + 1  # numbers are never reused
             if read_current(leaf) < old:
                 write_current(leaf, old, sharing.file_mode)  # a compactor died after sealing,
                 # or CURRENT was deleted: name the generation in use before deleting any other
-            _remove_other_generations(leaf, old, durability)
+            remove_other_generations(leaf, old, durability)
             bytes_before = store_file_bytes(leaf)
             sealed = switched = False
             try:
@@ -280,7 +284,7 @@ def compact(leaf: str, policy: Optional[CompactionPolicy] = None, *, dry_run: bo
         # Without the switch mark the old generation's seal is the proof of where the store
         # went, besides CURRENT: it is kept (the next compaction deletes it).
         if switched and _unchanged(leaf, handle):
-            _remove_generation(leaf, old)
+            remove_generation(leaf, old)
     return _report(leaf, False, bytes_before, store_file_bytes(leaf), plan, carried, old, new)
 
 
@@ -299,7 +303,7 @@ def _rebuild(handle, leaf: str, policy: CompactionPolicy, old: int, new: int,
         snapshot = begin_transaction(handle.env)
         try:
             plan = _Plan(snapshot, policy, time.time())
-            target = _create_generation(folder, handle.env.info()["map_size"])
+            target = create_generation(folder, handle.env.info()["map_size"])
             before = _copy(snapshot, target, plan, new, old, progress)
         finally:
             # Closed before anything writes to the store it read: a map grown by another
@@ -309,13 +313,13 @@ def _rebuild(handle, leaf: str, policy: CompactionPolicy, old: int, new: int,
     except BaseException as err:
         if target is not None:
             target.close()
-        if not _sealed_to(handle.env, new):  # if it is, the new generation is the store now
+        if not sealed_to(handle.env, new):  # if it is, the new generation is the store now
             shutil.rmtree(folder, ignore_errors=True)
         if isinstance(err, (lmdb.Error, OSError)) and not isinstance(err, EngineError):
             raise CompactionFailedError(_failure_message(leaf, err, plan)) from err
         raise
     try:
-        switched = _mark_switched(target, new)
+        switched = mark_switched(target, new)
     finally:
         target.close()
     return plan, carried, switched
@@ -333,29 +337,6 @@ def _failure_message(leaf: str, err: BaseException, plan: Optional[_Plan]) -> st
         return (f"Could not compact {leaf}: too many open files ({err}). {unchanged} Raise the "
                 "limit (`ulimit -n`) and run it again.")
     return f"Could not compact {leaf}: {type(err).__name__}: {err}. {unchanged}"
-
-
-def _sealed_to(env: "lmdb.Environment", generation: int) -> bool:
-    """Whether ``env`` is sealed to ``generation`` (True when that cannot be read: keep what
-    may be in use)."""
-    try:
-        with begin_transaction(env) as txn:
-            seal = txn.get(SEAL_KEY)
-        return seal is not None and bytes(seal) == encode_seal(generation)
-    except Exception:
-        return True
-
-
-def _mark_switched(target: "lmdb.Environment", generation: int) -> bool:
-    """Write ``SWITCHED_KEY`` into the new generation, now that the old one is sealed, and
-    flush it; return whether that worked (a full disk may refuse it: the seal still proves the
-    switch for as long as the old generation is kept)."""
-    try:
-        _write(target, lambda txn: txn.put(SWITCHED_KEY, encode_seal(generation)))
-        target.sync(True)
-        return True
-    except (lmdb.Error, OSError):
-        return False
 
 
 @contextlib.contextmanager
@@ -376,13 +357,13 @@ def _current_handle(pool: EnvironmentPool, leaf: str, durability: Durability):
                 return
             pool.retire(handle)
     raise EngineError(f"{leaf}: the store keeps changing generation; is another compaction "
-                      "looping? Stop it and run `ptd verify` on this folder.")
+                      f"looping? Stop it and {wording().verify_command(leaf)}.")
 
 
 def _unchanged(leaf: str, handle) -> bool:
     """Whether the generation's files are still the ones ``handle`` opened (not deleted or
     replaced by hand while it was compacted)."""
-    return _file_identity(generation_folder(leaf, handle.generation)) == handle.identity
+    return file_identity(generation_folder(leaf, handle.generation)) == handle.identity
 
 
 def _report(leaf: str, dry_run: bool, before: int, after: int, plan: _Plan, carried: int,
@@ -390,34 +371,6 @@ def _report(leaf: str, dry_run: bool, before: int, after: int, plan: _Plan, carr
     return CompactionReport(leaf, dry_run, before, after, plan.kept, plan.kept_bytes,
                             plan.superseded, plan.tombstones, plan.expired, plan.evicted,
                             plan.unreadable, carried, old, new)
-
-
-def _create_generation(folder: str, map_size: int) -> "lmdb.Environment":
-    """A new, empty environment for the rebuild. It is flushed once at the end (``_seal``),
-    so the bulk copy runs without a sync per transaction. Its data file appears with its meta
-    pages written (``create_data_file``), as every store's does."""
-    if os.path.exists(folder):
-        shutil.rmtree(folder)  # a partial rebuild by a compactor that died
-    sharing = trust.current_policy().sharing
-    make_dirs(folder, sharing.folder_mode)
-    create_data_file(folder, sharing.file_mode)
-    reserve_lock_file(folder)
-    env = open_lmdb(folder, map_size=max(map_size, initial_map_size()), subdir=True,
-                    readahead=False, meminit=False, max_readers=MAX_READERS,
-                    max_spare_txns=0, sync=False, metasync=False, mode=sharing.file_mode)
-    trust.share_store_files(folder)
-    return env
-
-
-def _write(env: "lmdb.Environment", action: Callable[["lmdb.Transaction"], None]) -> None:
-    """One write transaction, growing the map and retrying when it is full."""
-    while True:
-        try:
-            with begin_transaction(env, write=True) as txn:
-                action(txn)
-            return
-        except lmdb.MapFullError:  # aborted: no transaction of env is open
-            env.set_mapsize(env.info()["map_size"] * 2)
 
 
 class _Snapshot:
@@ -452,7 +405,7 @@ def _copy(snapshot: "lmdb.Transaction", target: "lmdb.Environment", plan: _Plan,
         nonlocal batch, batch_bytes, examined
         if batch:
             items = batch
-            _write(target, lambda txn: txn.cursor().putmulti(items, append=True))
+            write_transaction(target, lambda txn: txn.cursor().putmulti(items, append=True))
         if progress is not None and examined:
             progress(examined)
         batch, batch_bytes, examined = [], 0, 0
@@ -473,7 +426,7 @@ def _copy(snapshot: "lmdb.Transaction", target: "lmdb.Environment", plan: _Plan,
     def mark(txn: "lmdb.Transaction") -> None:
         txn.put(GENERATION_KEY, encode_seal(generation))
         txn.put(BUILT_FROM_KEY, str(source).encode("ascii"))
-    _write(target, mark)
+    write_transaction(target, mark)
     return before
 
 
@@ -536,31 +489,29 @@ def _seal(source: "lmdb.Environment", before: _Snapshot, target: "lmdb.Environme
           generation: int, still_ours: Callable[[], bool]) -> int:
     """Carry over what changed since the snapshot ``before`` and seal ``source``; return the
     number of changes. No transaction of ``source`` is open here, so a map grown by another
-    process is adopted (``begin_transaction``) and a full one grown, without harm."""
-    while True:
-        try:
-            with begin_transaction(source, write=True) as txn:  # from here on, writers wait
-                if not still_ours():
-                    raise CompactionFailedError(
-                        f"{os.path.dirname(target.path())}: the store was deleted or replaced "
-                        "while it was being compacted. Nothing was switched; the new store "
-                        "there is left as it is.")
-                if txn.get(SEAL_KEY) is not None:
-                    raise EngineError(
-                        f"{generation_folder(os.path.dirname(source.path()), generation)}: "
-                        "the store was sealed by another compaction running without the "
-                        "maintenance lock. Nothing was lost; run the compaction again.")
-                changes = []
-                if source.info()["last_txnid"] != before.txnid:
-                    changes = list(_differences(before, txn))
-                if changes:
-                    _write(target, lambda t: _apply(t, changes))
-                target.sync(True)  # the new generation is on disk before anyone is sent there
-                txn.put(SEAL_KEY, encode_seal(generation))
-            return len(changes)
-        except lmdb.MapFullError:  # aborted: grow, then carry over and seal again
-            source.set_mapsize(source.info()["map_size"] * 2)
+    process is adopted (``begin_transaction``) and a full one grown, without harm (the whole
+    step then runs again: ``write_transaction``)."""
+    def carry_over_and_seal(txn: "lmdb.Transaction") -> int:  # from here on, writers wait
+        if not still_ours():
+            raise CompactionFailedError(
+                f"{os.path.dirname(target.path())}: the store was deleted or replaced "
+                "while it was being compacted. Nothing was switched; the new store "
+                "there is left as it is.")
+        if txn.get(SEAL_KEY) is not None:
+            raise EngineError(
+                f"{generation_folder(os.path.dirname(source.path()), generation)}: "
+                "the store was sealed by another compaction running without the "
+                "maintenance lock. Nothing was lost; run the compaction again.")
+        changes = []
+        if source.info()["last_txnid"] != before.txnid:
+            changes = list(_differences(before, txn))
+        if changes:
+            write_transaction(target, lambda t: _apply(t, changes))
+        target.sync(True)  # the new generation is on disk before anyone is sent there
+        seal(txn, generation)
+        return len(changes)
 
+    return write_transaction(source, carry_over_and_seal)
 
 def _apply(txn: "lmdb.Transaction", changes: List[Tuple[bytes, Optional[bytes]]]) -> None:
     for key, value in changes:
@@ -568,80 +519,3 @@ def _apply(txn: "lmdb.Transaction", changes: List[Tuple[bytes, Optional[bytes]]]
             txn.delete(key)
         else:
             txn.put(key, value)
-
-
-# --- removing old generations -------------------------------------------------------------
-def _highest_folder(leaf: str) -> int:
-    """The highest generation number of any ``gen-N`` folder, complete or not (never reuse)."""
-    return max(generation_folders(leaf), default=0)
-
-
-def _remove_generation(leaf: str, generation: int) -> None:
-    """Delete a superseded generation. Processes that still map it keep reading the unlinked
-    files until they move on; a failure leaves it for the next compaction."""
-    if generation == 0:
-        for name in (DATA_FILE, LOCK_FILE):
-            try:
-                os.unlink(os.path.join(leaf, name))
-            except FileNotFoundError:
-                pass
-    else:
-        shutil.rmtree(generation_folder(leaf, generation), ignore_errors=True)
-
-
-def _remove_other_generations(leaf: str, in_use: int, durability: Durability) -> None:
-    """Delete the generations beside the one in use that are proven superseded or proven never
-    used: superseded ones whose removal failed, and rebuilds a compactor left unfinished. Runs
-    under the maintenance lock, so no other compaction is building one right now. Anything
-    else is left as it is: a store is never lost to a guess."""
-    present = generation_folders(leaf)
-    if in_use and (os.path.exists(os.path.join(leaf, DATA_FILE))
-                   or os.path.exists(os.path.join(leaf, LOCK_FILE))):
-        present = [0] + present
-    for generation in present:
-        if generation != in_use and _unused(leaf, generation, in_use, durability):
-            _remove_generation(leaf, generation)
-
-
-def _unused(leaf: str, generation: int, in_use: int, durability: Durability) -> bool:
-    """Whether ``generation`` of ``leaf`` is proven not to hold anything the generation in use
-    (``in_use``) lacks:
-
-    * it has no data file (a removal or a rebuild cut short);
-    * it is sealed to a generation no newer than the one in use (superseded);
-    * it was never switched to, and it is either an incomplete copy or a complete rebuild of
-      the generation in use whose compactor died before sealing;
-    * it is generation 0 without a single key, where one is in use: re-created empty by LMDB
-      when a process opened it just as a compaction deleted it.
-    """
-    folder = generation_folder(leaf, generation)
-    if not os.path.isfile(os.path.join(folder, DATA_FILE)):
-        return True
-    try:
-        env = _open_environment(folder, durability, create=False)
-    except (lmdb.Error, OSError, EngineError):
-        return False  # cannot tell: keep it
-    try:
-        with begin_transaction(env) as txn:
-            seal = txn.get(SEAL_KEY)
-            switched = txn.get(SWITCHED_KEY) is not None
-            complete = txn.get(GENERATION_KEY) is not None
-            built_from = txn.get(BUILT_FROM_KEY)
-            empty = txn.stat()["entries"] == 0
-    except (lmdb.Error, OSError, EngineError):
-        return False
-    finally:
-        env.close()
-    try:
-        sealed = parse_seal(seal, folder, generation)
-    except CorruptStoreError:
-        return False
-    if sealed is not None:
-        return sealed <= in_use
-    if switched:
-        return False
-    if generation == 0:
-        return empty
-    if not complete:
-        return True  # the switch happens only after a complete copy
-    return built_from is not None and bytes(built_from) == str(in_use).encode("ascii")

@@ -13,6 +13,7 @@ import threading
 from typing import Dict, Optional, Tuple
 
 from .errors import UnsafeFilesystemError
+from .settings import wording
 
 #: Filesystem types (as the kernel names them in /proc/self/mountinfo) where LMDB is unsafe.
 NETWORK_FILESYSTEMS = frozenset({
@@ -96,9 +97,9 @@ def ensure_local_filesystem(path: str, mountinfo_text: Optional[str] = None) -> 
             f"The cache folder {path} is on a network filesystem ({fstype}, mounted at "
             f"{mount_point}). LMDB, which stores this cache, keeps its lock in a shared memory "
             "map that network filesystems do not share between processes, so concurrent jobs "
-            "could lose or corrupt cached results. Point persist_path at a local disk instead "
-            "(for example node-local scratch or /tmp), with "
-            "persist_to_disk.config.set_persist_path(...) or persist_path in config.ini."
+            f"could lose or corrupt cached results. Point {wording().persist_path} at a local "
+            "disk instead (for example node-local scratch or /tmp)"
+            f"{wording().set_persist_path}."
         )
 
 

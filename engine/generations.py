@@ -34,17 +34,29 @@ A store knows it existed, and finds its generation without ``CURRENT``:
 * Compaction deletes a generation only once it is proven superseded (sealed to one not newer than
   the generation in use), or proven never used (a rebuild of the generation in use that was
   never switched to).
+
+This module holds all of that: the layout and its names, ``CURRENT``, opening the generation
+in use (:func:`open_generation`, following ``CURRENT`` and seals), creating a new one, the
+seal and the switch mark, and removing generations. ``compaction.py`` decides what a new
+generation holds and when to seal; the pool (``pool.py``) keeps the one in use open.
 """
 
 import errno
 import os
 import re
-from typing import Callable, Iterator, List, Optional
+import shutil
+from typing import Callable, Iterator, List, Optional, Tuple
 
-from .errors import CorruptStoreError
+import lmdb
 
-DATA_FILE = "data.mdb"
-LOCK_FILE = "lock.mdb"
+from . import environments, trust
+from .durability import Durability
+from .environments import (DATA_FILE, LOCK_FILE, begin_transaction, create_data_file,
+                           initial_map_size, open_lmdb, reserve_lock_file, write_transaction)
+from .errors import CorruptStoreError, EngineError, ForeignFolderError
+from .filesystem import ensure_local_filesystem, make_dirs
+from .settings import sentence, wording
+
 CURRENT_FILE = "CURRENT"
 GENERATION_PREFIX = "gen-"
 SEAL_KEY = b"\xff\xff\xff\xff" + b"next"  # sorts with the store's metadata, after every record
@@ -71,6 +83,7 @@ STORE_INTERNAL_FOLDERS = ("locks",)
 #: with it (a groupby value ``lock.mdb`` is the folder ``%lock.mdb``).
 _INTERNAL_NAME = re.compile(r"CURRENT|locks|gen-[0-9]+|.*\.(?:mdb|lock|tmp)", re.DOTALL)
 FREE_NAME_MARK = "%"
+MAX_GENERATION_HOPS = 64  # following CURRENT and seals; more means something rewrites them
 
 
 def is_internal_name(name: str) -> bool:
@@ -84,6 +97,14 @@ def is_internal_name(name: str) -> bool:
 def generation_folder(leaf: str, generation: int) -> str:
     """The folder holding the LMDB files of ``generation``."""
     return leaf if generation == 0 else os.path.join(leaf, f"{GENERATION_PREFIX}{generation}")
+
+
+def leaf_of(folder: str) -> str:
+    """The leaf whose generation's files are in ``folder`` (the inverse of
+    :func:`generation_folder`)."""
+    if _GENERATION_NAME.match(os.path.basename(folder)):
+        return os.path.dirname(folder)
+    return folder
 
 
 def read_current(leaf: str) -> int:
@@ -108,8 +129,8 @@ def read_current(leaf: str) -> int:
         raise CorruptStoreError(
             f"{path} should hold a generation number but {held}. Nothing was deleted. Remove "
             "it: the store then finds the generation in use from its gen-N folders, and the "
-            f"next `ptd compact {leaf}` writes it again. Or move the folder {leaf} aside to "
-            "start that cache afresh."
+            f"next {wording().compact_command(leaf)} writes it again. Or move the folder "
+            f"{leaf} aside to start that cache afresh."
         ) from None
     return generation
 
@@ -272,11 +293,279 @@ def parse_seal(value: Optional[bytes], folder: str = "", generation: int = -1
             f"The cache store in {folder or 'this store'} is damaged: its seal record (which "
             "names the generation a compaction moved the store to) holds "
             f"{raw[:32]!r}, not a generation number above {generation}. Nothing was deleted. "
-            f"Run `ptd verify {folder}` and move the folder aside to start that cache afresh, "
-            "or restore it from a backup."
+            f"{sentence(wording().verify_command(folder))} and move the folder aside to start "
+            "that cache afresh, or restore it from a backup."
         ) from None
     return sealed
 
 
 def encode_seal(generation: int) -> bytes:
     return str(generation).encode("ascii")
+
+
+# --- opening the generation in use ---------------------------------------------------------
+def check_folder(path: str) -> None:
+    """Refuse a path that is a file before using it as a store's folder. (What else a folder
+    may hold that is not ours is the layer above's to say: ``EngineSettings.foreign_folder``,
+    asked by ``LocalStorage.open_store``.)"""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ForeignFolderError(
+            f"{path} should be a cache folder but is a file. Move it away or choose another "
+            f"{wording().persist_path}."
+        )
+
+
+def open_generation(leaf: str, durability: Durability
+                    ) -> Tuple["lmdb.Environment", int]:
+    """Open the generation of ``leaf`` in use: ``(environment, generation)``.
+
+    ``CURRENT`` names a generation; its environment is opened, then ``CURRENT`` is read again
+    (a compaction may have switched and deleted the files meanwhile: generation numbers are
+    never reused, so still being named means the real files were opened), and the environment
+    is checked for a seal (a compactor that died before writing ``CURRENT``). Without
+    ``CURRENT``, the generation is found from the folders (:func:`_generation_without_current`).
+    A data file missing or empty where a store was raises :class:`CorruptStoreError`.
+    """
+    check_folder(leaf)
+    ensure_local_filesystem(leaf)
+    generation = read_current(leaf)
+    env: Optional[lmdb.Environment] = None
+    if not generation:
+        try:
+            generation, env = _generation_without_current(leaf, durability)
+        except (lmdb.Error, OSError, CorruptStoreError):
+            generation = read_current(leaf)  # a compaction switched and deleted meanwhile
+            if not generation:
+                raise
+    for _ in range(MAX_GENERATION_HOPS):
+        folder = generation_folder(leaf, generation)
+        if env is None:
+            if not os.path.isfile(os.path.join(folder, DATA_FILE)):
+                if generation:
+                    newer = read_current(leaf)
+                    if newer > generation:
+                        generation = newer
+                        continue
+                    raise CorruptStoreError(
+                        f"The cache store in {leaf} names generation {generation}, but {folder} "
+                        f"has no {DATA_FILE}. Nothing was deleted: "
+                        f"{wording().verify_command(leaf)}, or move the folder aside to start "
+                        "that cache afresh.")
+                traces = store_traces(leaf)
+                if traces:
+                    raise CorruptStoreError(
+                        f"The cache store in {leaf} lost its data file: "
+                        f"{os.path.join(leaf, DATA_FILE)} is missing, but {', '.join(traces)} "
+                        "show that a store was there (deleted by hand, or by a cleanup?). It "
+                        "was not created again empty. Restore the file from a backup, or move "
+                        "the folder aside to start that cache afresh.")
+            try:
+                env = environments.open_environment(folder, durability, create=not generation,
+                                                    leaf=leaf)
+            except (lmdb.Error, OSError, CorruptStoreError):
+                newer = read_current(leaf)
+                if newer > generation:
+                    generation = newer  # deleted by a compaction between our look and the open
+                    continue
+                raise
+        newer = read_current(leaf)
+        if newer > generation:
+            env.close()
+            env, generation = None, newer
+            continue
+        try:
+            with begin_transaction(env) as txn:
+                sealed = parse_seal(txn.get(SEAL_KEY), folder, generation)
+                made_by_compaction = generation == 0 or txn.get(GENERATION_KEY) is not None
+        except BaseException:
+            env.close()
+            raise
+        if sealed is not None:
+            env.close()
+            env, generation = None, sealed
+            continue
+        if not made_by_compaction:
+            env.close()
+            raise CorruptStoreError(
+                f"The cache store in {leaf} names generation {generation}, but {folder} holds "
+                "an empty environment that compaction did not make (its files were deleted "
+                f"by hand?). Nothing was deleted: {wording().verify_command(leaf)}, or move "
+                "the folder aside to start that cache afresh.")
+        return env, generation
+    if env is not None:
+        env.close()
+    raise CorruptStoreError(
+        f"The cache store in {leaf} keeps changing generation ({generation} after "
+        f"{MAX_GENERATION_HOPS} switches). Is a compaction looping? Stop it and "
+        f"{wording().verify_command(leaf)}.")
+
+
+def _generation_without_current(leaf: str, durability: Durability
+                                ) -> Tuple[int, Optional["lmdb.Environment"]]:
+    """Where following seals starts when ``CURRENT`` names no generation: ``(generation,
+    its open environment or None)``.
+
+    ``CURRENT`` is missing before the first compaction, and when it was deleted. The
+    generation in use is then, in this order of proof:
+
+    1. the highest ``gen-N`` marked ``SWITCHED_KEY`` (compaction marks a generation once every
+       process was sent there; a rebuild not switched to yet, or never, has no mark);
+    2. generation 0 if ``data.mdb`` is there (no compaction has switched: the ``gen-N`` folders
+       are rebuilds in progress or abandoned);
+    3. the lowest complete ``gen-N``, for stores compacted before the mark existed.
+
+    Seals are followed from there by the caller. Without any ``gen-N`` folder this opens
+    nothing: a store that was never compacted (or does not exist yet) is generation 0.
+    """
+    numbers = [generation for generation in generation_folders(leaf)
+               if os.path.isfile(os.path.join(generation_folder(leaf, generation), DATA_FILE))]
+    if not numbers:
+        return 0, None
+    complete = []
+    for generation in reversed(numbers):
+        env = environments.open_environment(generation_folder(leaf, generation), durability,
+                                            create=False, leaf=leaf)
+        try:
+            with begin_transaction(env) as txn:
+                switched = txn.get(SWITCHED_KEY) is not None
+                made_by_compaction = txn.get(GENERATION_KEY) is not None
+        except BaseException:
+            env.close()
+            raise
+        if switched:
+            return generation, env
+        env.close()
+        if made_by_compaction:
+            complete.append(generation)
+    if os.path.isfile(os.path.join(leaf, DATA_FILE)):
+        return 0, None
+    if complete:
+        return min(complete), None
+    raise CorruptStoreError(
+        f"The cache store in {leaf} has no {DATA_FILE} and no CURRENT, and none of its "
+        f"generation folders ({', '.join(f'gen-{n}' for n in numbers)}) is complete. Nothing "
+        f"was deleted: {wording().verify_command(leaf)}, or move the folder aside to start "
+        "that cache afresh.")
+
+
+# --- a new generation: creating it, sealing the old one, marking the switch -----------------
+def create_generation(folder: str, map_size: int) -> "lmdb.Environment":
+    """A new, empty environment for the rebuild. It is flushed once at the end
+    (``compaction._seal``), so the bulk copy runs without a sync per transaction. Its data file appears with its meta
+    pages written (``create_data_file``), as every store's does."""
+    if os.path.exists(folder):
+        shutil.rmtree(folder)  # a partial rebuild by a compactor that died
+    sharing = trust.current_policy().sharing
+    make_dirs(folder, sharing.folder_mode)
+    create_data_file(folder, sharing.file_mode)
+    reserve_lock_file(folder)
+    env = open_lmdb(folder, map_size=max(map_size, initial_map_size()), sync=False,
+                    metasync=False, mode=sharing.file_mode)
+    trust.share_store_files(folder)
+    return env
+
+
+def seal(txn: "lmdb.Transaction", generation: int) -> None:
+    """Seal the environment of ``txn`` (a write transaction) to ``generation``: every write
+    transaction that begins after this one commits goes there instead."""
+    txn.put(SEAL_KEY, encode_seal(generation))
+
+
+def sealed_to(env: "lmdb.Environment", generation: int) -> bool:
+    """Whether ``env`` is sealed to ``generation`` (True when that cannot be read: keep what
+    may be in use)."""
+    try:
+        with begin_transaction(env) as txn:
+            seal = txn.get(SEAL_KEY)
+        return seal is not None and bytes(seal) == encode_seal(generation)
+    except Exception:
+        return True
+
+
+def mark_switched(target: "lmdb.Environment", generation: int) -> bool:
+    """Write ``SWITCHED_KEY`` into the new generation, now that the old one is sealed, and
+    flush it; return whether that worked (a full disk may refuse it: the seal still proves the
+    switch for as long as the old generation is kept)."""
+    try:
+        write_transaction(target, lambda txn: txn.put(SWITCHED_KEY, encode_seal(generation)))
+        target.sync(True)
+        return True
+    except (lmdb.Error, OSError):
+        return False
+
+
+# --- removing old generations --------------------------------------------------------------
+def highest_folder(leaf: str) -> int:
+    """The highest generation number of any ``gen-N`` folder, complete or not (never reuse)."""
+    return max(generation_folders(leaf), default=0)
+
+
+def remove_generation(leaf: str, generation: int) -> None:
+    """Delete a superseded generation. Processes that still map it keep reading the unlinked
+    files until they move on; a failure leaves it for the next compaction."""
+    if generation == 0:
+        for name in (DATA_FILE, LOCK_FILE):
+            try:
+                os.unlink(os.path.join(leaf, name))
+            except FileNotFoundError:
+                pass
+    else:
+        shutil.rmtree(generation_folder(leaf, generation), ignore_errors=True)
+
+
+def remove_other_generations(leaf: str, in_use: int, durability: Durability) -> None:
+    """Delete the generations beside the one in use that are proven superseded or proven never
+    used: superseded ones whose removal failed, and rebuilds a compactor left unfinished. Runs
+    under the maintenance lock, so no other compaction is building one right now. Anything
+    else is left as it is: a store is never lost to a guess."""
+    present = generation_folders(leaf)
+    if in_use and (os.path.exists(os.path.join(leaf, DATA_FILE))
+                   or os.path.exists(os.path.join(leaf, LOCK_FILE))):
+        present = [0] + present
+    for generation in present:
+        if generation != in_use and _unused(leaf, generation, in_use, durability):
+            remove_generation(leaf, generation)
+
+
+def _unused(leaf: str, generation: int, in_use: int, durability: Durability) -> bool:
+    """Whether ``generation`` of ``leaf`` is proven not to hold anything the generation in use
+    (``in_use``) lacks:
+
+    * it has no data file (a removal or a rebuild cut short);
+    * it is sealed to a generation no newer than the one in use (superseded);
+    * it was never switched to, and it is either an incomplete copy or a complete rebuild of
+      the generation in use whose compactor died before sealing;
+    * it is generation 0 without a single key, where one is in use: re-created empty by LMDB
+      when a process opened it just as a compaction deleted it.
+    """
+    folder = generation_folder(leaf, generation)
+    if not os.path.isfile(os.path.join(folder, DATA_FILE)):
+        return True
+    try:
+        env = environments.open_environment(folder, durability, create=False, leaf=leaf)
+    except (lmdb.Error, OSError, EngineError):
+        return False  # cannot tell: keep it
+    try:
+        with begin_transaction(env) as txn:
+            seal = txn.get(SEAL_KEY)
+            switched = txn.get(SWITCHED_KEY) is not None
+            complete = txn.get(GENERATION_KEY) is not None
+            built_from = txn.get(BUILT_FROM_KEY)
+            empty = txn.stat()["entries"] == 0
+    except (lmdb.Error, OSError, EngineError):
+        return False
+    finally:
+        env.close()
+    try:
+        sealed = parse_seal(seal, folder, generation)
+    except CorruptStoreError:
+        return False
+    if sealed is not None:
+        return sealed <= in_use
+    if switched:
+        return False
+    if generation == 0:
+        return empty
+    if not complete:
+        return True  # the switch happens only after a complete copy
+    return built_from is not None and bytes(built_from) == str(in_use).encode("ascii")

@@ -6,6 +6,7 @@ the next sequence, and a reader takes the highest one. Big-endian integers sort 
 """
 
 import struct
+from typing import Any, Iterator, Optional, Tuple
 
 DIGEST_SIZE = 16
 BUCKET_SIZE = 4
@@ -66,3 +67,36 @@ def sequence_of(key: bytes) -> int:
 
 def is_record_key(key: bytes) -> bool:
     return len(key) == PREFIX_SIZE + SEQUENCE_SIZE and not key.startswith(META_KEY[:BUCKET_SIZE])
+
+
+def newest_of_each_call(cursor, stop: Optional[bytes] = None
+                        ) -> Iterator[Tuple[bytes, Any, int]]:
+    """Walk the keys from where ``cursor`` stands (the first key if it is not positioned) up
+    to ``stop`` (excluded; None: to the end), and yield ``(key, value, versions)`` of the
+    newest record of each call, in key order, with how many versions the call has, and
+    ``(key, value, 0)`` for every key that is not a record (the store's own documents).
+
+    The one walk of a store by call: ``Store.scan``, ``Store.stats``, ``Store.clear`` and
+    compaction all see a call through it, so they agree on what a call's newest record is.
+    One pass over the keys in order (the versions of a call are adjacent, oldest first: the
+    sequence is the last part of the key); each value is read as the cursor passes it, as
+    the four loops it replaces did.
+    """
+    newest_key = newest_value = None
+    versions = 0
+    for key, value in cursor.iternext(keys=True, values=True):
+        if stop is not None and key >= stop:
+            break
+        if is_record_key(key):
+            if newest_key is not None and newest_key[:PREFIX_SIZE] != key[:PREFIX_SIZE]:
+                yield newest_key, newest_value, versions
+                versions = 0
+            newest_key, newest_value = key, value
+            versions += 1
+        else:
+            if newest_key is not None:
+                yield newest_key, newest_value, versions
+                newest_key, versions = None, 0
+            yield key, value, 0
+    if newest_key is not None:
+        yield newest_key, newest_value, versions

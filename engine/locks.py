@@ -90,6 +90,7 @@ import threading
 import time
 from typing import Dict, Hashable, Optional, Set, Tuple
 
+from . import settings as _settings
 from .errors import EngineError
 from .filesystem import make_dirs
 from .trust import current_policy
@@ -754,3 +755,14 @@ def _forget_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _apply_settings(settings: "_settings.EngineSettings") -> None:
+    """Copy what this module needs of newly installed settings into its own names."""
+    global MAX_OPEN_LOCK_FILES, RECHECK_SECONDS
+    MAX_OPEN_LOCK_FILES = (settings.max_open_lock_files if settings.max_open_lock_files
+                           is not None else _descriptor_budget())
+    RECHECK_SECONDS = settings.lock_recheck_seconds
+
+
+_settings.on_install(_apply_settings)

@@ -21,6 +21,10 @@ Format 2 (written by this version)::
   bytes) fails it; the key tuple is never unpickled to check whose record it is. The sequence
   number is not covered: the record is written before its sequence is chosen, and another
   version of the same call is still that call's result.
+* ``serializer`` also carries the record's *origin* (``Record.origin``: ``ptd-0.0.7`` for a
+  result imported from a 0.0.7 bucket), as ``pickle:5+ptd-0.0.7``: a field of its own in
+  ``Record``, a suffix on disk (:func:`serializer_tag` writes it, ``_decode_texts`` splits it),
+  so that records imported before the field existed read the same.
 * ``head crc`` is a CRC-32 of the prefix, ``fields`` and the texts: enough to trust the header
   (is it stored, is it a tombstone, can this Python load it) without reading the value, for
   ``is_cached()``, ``CHECKONLY`` and ``forget()``.
@@ -91,6 +95,9 @@ class Record(NamedTuple):
     key_blob: bytes
     value_blob: bytes  # decoded values over 64 KiB come as a memoryview (no second copy)
     sequence: int = 0
+    #: Where the record came from, when not from a call of this version: ``"ptd-0.0.7"`` for
+    #: a result imported from a 0.0.7 ``.pkl`` bucket; ``""`` for a computed one.
+    origin: str = ""
 
     @property
     def is_tombstone(self) -> bool:
@@ -107,6 +114,20 @@ class DamagedRecordError(StoreFormatError):
 _KINDS = {int(kind): kind for kind in RecordKind}
 
 
+def serializer_tag(serializer: str, origin: str = "") -> bytes:
+    """The serializer field as stored: ``serializer``, then ``"+" + origin`` when the record
+    has an origin. The one place a record's origin is encoded (:func:`_decode_texts` is the
+    one place it is decoded, splitting at the first ``"+"``).
+
+    The origin rides in the serializer field so that the format stays as it is: records
+    imported from 0.0.7 by earlier versions already say ``pickle:5+ptd-0.0.7`` there, and
+    their checksums cover those bytes. A serializer name therefore never contains ``"+"``.
+    """
+    if origin and "+" in serializer:
+        raise ValueError(f"a serializer name may not contain '+': {serializer!r}")
+    return (serializer + "+" + origin if origin else serializer).encode("ascii")
+
+
 def _head_crc(prefix: bytes, fields, texts) -> int:
     return _crc32(texts, _crc32(fields, _crc32(prefix)))
 
@@ -114,7 +135,7 @@ def _head_crc(prefix: bytes, fields, texts) -> int:
 def encode_record(record: Record, prefix: bytes = b"") -> bytes:
     """The bytes of ``record`` (format 2), checksummed for the key ``prefix`` it is stored under
     (``keys.record_prefix(bucket, digest)``; the engine always passes it)."""
-    serializer = record.serializer.encode("ascii")
+    serializer = serializer_tag(record.serializer, record.origin)
     python_version = record.python_version.encode("ascii")
     texts = serializer + python_version
     fields = _FIELDS.pack(RECORD_FORMAT, int(record.kind), record.created,
@@ -129,7 +150,7 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
 
 def build_record(prefix: bytes, kind: RecordKind, created: float, compute_seconds: float,
                  python_version: str, key_blob: bytes,
-                 write_value: Callable[[BinaryIO], str]) -> memoryview:
+                 write_value: Callable[[BinaryIO], str], origin: str = "") -> memoryview:
     """A format-2 record whose value ``write_value(file)`` writes into the record's own buffer
     (returning the serializer's name), as one writable buffer ready for ``txn.put``.
 
@@ -143,7 +164,7 @@ def build_record(prefix: bytes, kind: RecordKind, created: float, compute_second
     out = io.BytesIO()
     out.write(bytes(_HEADER_SIZE))
     out.write(key_blob)
-    serializer = write_value(out).encode("ascii")
+    serializer = serializer_tag(write_value(out), origin)
     out.seek(0, io.SEEK_END)
     texts = serializer + python_version.encode("ascii")
     out.write(texts)
@@ -158,7 +179,7 @@ def build_record(prefix: bytes, kind: RecordKind, created: float, compute_second
 
 _unpack_fields = _FIELDS.unpack_from
 _new_record = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hit path
-_TEXTS: dict = {}  # serializer + python_version bytes -> (serializer, python_version, split)
+_TEXTS: dict = {}  # texts bytes -> (serializer, python_version, split, origin)
 _TEXTS_LIMIT = 256
 _COPY_LIMIT = 64 * 1024  # values above this are returned as a memoryview of the record bytes
 
@@ -223,7 +244,7 @@ def decode_record(data, sequence: int = 0, with_value: bool = True,
     else:
         value = data[key_end:value_end]
     return _new_record(Record, (record_kind, created, compute_seconds, texts[0], texts[1],
-                                data[key_start:key_end], value, sequence))
+                                data[key_start:key_end], value, sequence, texts[3]))
 
 
 def _check_head(data, prefix: bytes, texts_start: int, texts_end: int) -> None:
@@ -259,8 +280,12 @@ def _unsupported(fmt: int, data, prefix: Optional[bytes]) -> StoreFormatError:
 
 
 def _decode_texts(raw: bytes, n_ser: int):
+    """``(serializer, python_version, n_ser, origin)`` of a record's two text fields, the
+    serializer tag split at its first ``"+"`` (see :func:`serializer_tag`), remembered by their
+    bytes (they repeat from record to record)."""
     try:
-        texts = (str(raw[:n_ser], "ascii"), str(raw[n_ser:], "ascii"), n_ser)
+        serializer, _, origin = str(raw[:n_ser], "ascii").partition("+")
+        texts = (serializer, str(raw[n_ser:], "ascii"), n_ser, origin)
     except UnicodeDecodeError:
         raise DamagedRecordError(
             "record is damaged: its serializer or Python version is not text") from None
@@ -311,7 +336,7 @@ def decode_view(data, sequence: int = 0, prefix: Optional[bytes] = None,
         texts = _decode_texts(raw_texts, n_ser)
     value = data[value_start:value_end] if with_value else b""
     return _new_record(Record, (record_kind, created, compute_seconds, texts[0], texts[1],
-                                bytes(data[key_start:key_end]), value, sequence))
+                                bytes(data[key_start:key_end]), value, sequence, texts[3]))
 
 
 def _decode_buffer(data, sequence: int, with_value: bool, prefix: Optional[bytes]) -> Record:

@@ -1,8 +1,12 @@
-"""A store: the records of one leaf folder, in one LMDB environment.
+"""A store: the records of one leaf folder, in one LMDB environment (``interface.CallStore``).
 
-This is the engine's whole surface for the layer above: look up the newest record of a call,
-append a record, append a tombstone, scan, clear, stats and a small metadata document. Records
-are never rewritten in place; the newest sequence of a (bucket, digest) wins.
+Look up the newest record of a call, append a record (or only if the call has no live value),
+append a tombstone, scan, clear, stats, a small metadata document, and the compute lock of a
+call. Records are never rewritten in place; the newest sequence of a (bucket, digest) wins.
+Every method raises only engine errors: LMDB's own exceptions are damage
+(:class:`~.errors.CorruptStoreError`) or a failed read or write
+(:class:`~.errors.StorageIOError`). ``LocalStorage.open_store`` (``local.py``) checks the
+folder before handing a store out; a store built directly (tests, tools) is not checked.
 """
 
 import json
@@ -15,34 +19,19 @@ import lmdb
 
 from . import keys
 from .durability import Durability
-from .environments import POOL, EnvironmentPool, StoreMissing
-from .errors import CorruptStoreError, StoreFormatError
+from .pool import POOL, EnvironmentPool, StoreMissing
+from .errors import EngineError, StoreFormatError, engine_error, storage_io_error
 from .generations import store_exists, store_file_bytes
+from .locks import ComputeLock, LockScope, compute_lock, lock_place
 from .records import (DamagedRecordError, Record, RecordKind, build_record, decode_record,
                       decode_view, encode_record)
+from .settings import EngineSettings
 
 STORE_FORMAT = 1
 T = TypeVar("T")
 _TOMBSTONE = RecordKind.TOMBSTONE
 _LAST = b'\xff' * keys.SEQUENCE_SIZE
 _LARGE = 64 * 1024  # values above this are read as views of the map, never copied out
-#: What LMDB raises when the pages it walks are not what it wrote: a damaged data file. (On
-#: some garbage LMDB reads out of bounds instead and the process dies: ``ptd verify`` checks a
-#: store's structure without LMDB for that reason.)
-_LMDB_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError,
-                lmdb.PanicError, lmdb.IncompatibleError, lmdb.CursorFullError,
-                lmdb.PageFullError, lmdb.ProblemError, lmdb.BadChecksumError)
-
-
-def damaged_store_error(path: str, err: Exception) -> CorruptStoreError:
-    """The error for a store whose pages LMDB cannot read."""
-    return CorruptStoreError(
-        f"The cache store in {path} is damaged: LMDB reports {type(err).__name__} ({err}). "
-        f"Nothing was deleted. Run `ptd verify {path}` to see what is damaged, then move that "
-        "folder aside to start the cache afresh (the decorator recreates it), or restore it "
-        "from a backup.")
-
-
 @dataclass(frozen=True)
 class StoreStats:
     path: str
@@ -72,17 +61,34 @@ class Store:
     """Records of one leaf folder. Cheap to construct; the environment opens on first use."""
 
     def __init__(self, path: str, durability: Durability = Durability.STANDARD,
-                 pool: EnvironmentPool = POOL) -> None:
+                 pool: EnvironmentPool = POOL, settings: Optional[EngineSettings] = None,
+                 lock_root: Optional[str] = None) -> None:
         self.path = os.path.abspath(path)
         self.durability = Durability.parse(durability)
+        self.settings = settings  # as opened by LocalStorage (None: built directly)
+        self.lock_root = lock_root
         self._pool = pool
         self._created = False
 
     def exists(self) -> bool:
         """Whether the store has been created on disk (lookups never create it)."""
         if not self._created:
-            self._created = store_exists(self.path)
+            try:
+                self._created = store_exists(self.path)
+            except OSError as err:  # out of descriptors to list the folder, say
+                raise storage_io_error(self.path, err, "read") from err
         return self._created
+
+    def compute_lock(self, bucket: int, digest: bytes, scope: LockScope,
+                     timeout: Optional[float] = None) -> ComputeLock:
+        """The lock a miss of the call ``(bucket, digest)`` takes while it computes, for
+        ``scope`` (see ``locks.py``): ``call`` locks a byte of the store's call lock file,
+        ``func`` the store, ``global`` the folder ``lock_root`` (the project; without one,
+        nothing wider than the store is known here, so it locks the store as ``func`` does,
+        in a file of its own). Threads of this process share it per call (``call``
+        identifies the store and the digest)."""
+        path, offset = lock_place(scope, self.path, digest, self.lock_root or self.path)
+        return compute_lock(path, offset, timeout, call=(self.path, digest))
 
     # --- reading --------------------------------------------------------------------------
     def latest(self, bucket: int, digest: bytes, with_value: bool = True) -> Optional[Record]:
@@ -127,7 +133,11 @@ class Store:
             record = decode_view(view, keys.sequence_of(key), prefix)
             if record.kind is _TOMBSTONE:
                 return record, None
-            return record._replace(value_blob=b""), load(record)
+            try:
+                loaded = load(record)
+            except Exception as err:  # not the store's failure: never wrapped as one
+                raise _LoadFailed(err) from None
+            return record._replace(value_blob=b""), loaded
 
         found = self._find_newest(prefix, in_place, _LARGE)
         if found is None:
@@ -149,8 +159,12 @@ class Store:
         except StoreMissing:
             self._created = False
             return None
-        except _LMDB_DAMAGE as err:
-            raise damaged_store_error(self.path, err) from err
+        except _LoadFailed as failed:  # the caller's own error, raised as it was
+            raise failed.error from None
+        except EngineError:
+            raise
+        except (lmdb.Error, OSError) as err:  # damage, or a failed read
+            raise engine_error(self.path, err, "read") from err
 
     def scan(self, bucket: Optional[int] = None, with_values: bool = True
              ) -> Iterator[Tuple[int, bytes, Record]]:
@@ -177,23 +191,19 @@ class Store:
                 # Restart the tally: a read that returns None runs again in the new generation
                 # when a compaction has sealed this one.
                 tally.update(entries=0, versions=0, tombstones=0, live_bytes=0, unreadable=0)
-                cursor = txn.cursor()
-                previous_prefix, previous = None, None
-                for key, value in cursor.iternext(keys=True, values=True):
-                    if not keys.is_record_key(key):
-                        continue
-                    tally["versions"] += 1
-                    prefix = key[:keys.PREFIX_SIZE]
-                    if prefix != previous_prefix and previous is not None:
-                        _tally(previous, tally)
-                    previous_prefix, previous = prefix, value
-                if previous is not None:
-                    _tally(previous, tally)
+                for _, newest, versions in keys.newest_of_each_call(txn.cursor()):
+                    if versions:
+                        tally["versions"] += versions
+                        _tally(newest, tally)
             self._read(count, None)
         if not tally:
             tally.update(entries=0, versions=0, tombstones=0, live_bytes=0, unreadable=0)
+        try:
+            file_bytes = store_file_bytes(self.path)
+        except OSError as err:
+            raise storage_io_error(self.path, err, "read") from err
         return StoreStats(self.path, tally["entries"], tally["versions"], tally["tombstones"],
-                          tally["live_bytes"], store_file_bytes(self.path), tally["unreadable"])
+                          tally["live_bytes"], file_bytes, tally["unreadable"])
 
     def read_meta(self) -> dict:
         if not self.exists():
@@ -208,8 +218,20 @@ class Store:
         except StoreMissing:
             self._created = False
             return default
-        except _LMDB_DAMAGE as err:
-            raise damaged_store_error(self.path, err) from err
+        except EngineError:
+            raise
+        except (lmdb.Error, OSError) as err:  # damage, or a failed read
+            raise engine_error(self.path, err, "read") from err
+
+    def _write(self, action):
+        """Run ``action`` in a write transaction (see ``EnvironmentPool.write``), raising only
+        engine errors."""
+        try:
+            return self._pool.write(self.path, self.durability, action)
+        except EngineError:
+            raise
+        except (lmdb.Error, OSError) as err:  # damage, or a failed write
+            raise engine_error(self.path, err, "write to") from err
 
     # --- writing --------------------------------------------------------------------------
     def append(self, bucket: int, digest: bytes, record: Record,
@@ -223,9 +245,10 @@ class Store:
 
     def append_value(self, bucket: int, digest: bytes, write_value: Callable[[BinaryIO], str],
                      *, created: float, compute_seconds: float, python_version: str,
-                     key_blob: bytes, meta: Optional[dict] = None) -> int:
+                     key_blob: bytes, meta: Optional[dict] = None, origin: str = "") -> int:
         """Append a value record whose value ``write_value(file)`` writes (returning the
         serializer's name) straight into the record's buffer; return its sequence.
+        ``origin``: see ``Record.origin``.
 
         For results of any size: the value is held once more than the caller holds it, plus
         LMDB's own copy while it writes (see :func:`records.build_record`). Whatever
@@ -233,18 +256,44 @@ class Store:
         """
         prefix = keys.record_prefix(bucket, digest)
         payload = build_record(prefix, RecordKind.VALUE, created, compute_seconds,
-                               python_version, key_blob, write_value)
+                               python_version, key_blob, write_value, origin)
         try:
             return self._put(prefix, payload, meta)
         finally:
             payload.release()  # frees the buffer now, not when the caller's frame goes
 
-    def _put(self, prefix: bytes, payload, meta: Optional[dict]) -> int:
+    def append_if_absent(self, bucket: int, digest: bytes, record: Record,
+                         meta: Optional[dict] = None) -> bool:
+        """Append ``record`` only if the call has no live value (no record, or a tombstone as
+        its newest), deciding and appending in one write transaction: the conditional create
+        that first-writer-wins rests on. Return whether it was appended. A newest record this
+        version cannot read (damaged, or a newer format) counts as present: it is never
+        buried under another."""
+        prefix = keys.record_prefix(bucket, digest)
+        payload = encode_record(record, prefix)
+
+        def absent(txn, newest: Optional[bytes]) -> bool:
+            if newest is None:
+                return True
+            try:
+                found = decode_record(txn.get(newest), with_value=False, prefix=prefix)
+            except StoreFormatError:
+                return False
+            return found.is_tombstone
+
+        return self._put(prefix, payload, meta, absent) is not None
+
+    def _put(self, prefix: bytes, payload, meta: Optional[dict], condition=None
+             ) -> Optional[int]:
+        """Append ``payload`` under the call's next sequence; with ``condition(txn, newest
+        key or None)`` only if it holds (None is returned otherwise)."""
         def put(txn):
+            newest = _newest_key(txn, prefix)
+            if condition is not None and not condition(txn, newest):
+                return None
             if meta is not None and txn.get(keys.META_KEY) is None:
                 document = {"store_format": STORE_FORMAT, "created": time.time(), **meta}
                 txn.put(keys.META_KEY, json.dumps(document, sort_keys=True).encode("utf-8"))
-            newest = _newest_key(txn, prefix)
             if newest is not None:
                 sequence = keys.sequence_of(newest) + 1
             else:
@@ -253,10 +302,7 @@ class Store:
             txn.put(keys.record_key(prefix, sequence), payload)
             return sequence
 
-        try:
-            sequence = self._pool.write(self.path, self.durability, put)
-        except _LMDB_DAMAGE as err:
-            raise damaged_store_error(self.path, err) from err
+        sequence = self._write(put)
         self._created = True
         return sequence
 
@@ -283,10 +329,7 @@ class Store:
         """
         if not self.exists():
             return 0
-        try:
-            return self._pool.write(self.path, self.durability, _drop_all)
-        except _LMDB_DAMAGE as err:
-            raise damaged_store_error(self.path, err) from err
+        return self._write(_drop_all)
 
     def compact(self, policy=None, *, dry_run: bool = False, progress=None):
         """Rebuild the store without superseded versions, tombstones and what ``policy``
@@ -297,6 +340,15 @@ class Store:
 
     def close(self) -> None:
         self._pool.close(self.path)
+
+
+class _LoadFailed(Exception):
+    """Internal: the caller's ``load`` raised inside a read transaction; re-raised as it was
+    (an ``OSError`` raised while unpickling is not the store failing)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _drop_all(txn: "lmdb.Transaction") -> int:
@@ -312,21 +364,17 @@ def _drop_all(txn: "lmdb.Transaction") -> int:
         return 0
     first = txn.get(keys.FIRST_SEQUENCE_KEY)
     next_sequence = keys.decode_sequence(first) if first is not None else 0
-    previous_prefix, previous = None, None
-    while True:
-        key = cursor.key()
-        if keys.is_record_key(key):
+    for key, newest, versions in keys.newest_of_each_call(cursor):
+        if versions:
             next_sequence = max(next_sequence, keys.sequence_of(key) + 1)
-            prefix = key[:keys.PREFIX_SIZE]
-            if prefix != previous_prefix and previous is not None:
-                _tally(previous, tally)
-            previous_prefix, previous = prefix, cursor.value()
+            _tally(newest, tally)
+    cursor.first()
+    while True:
+        if keys.is_record_key(cursor.key()):
             if not cursor.delete():  # delete moves to the next item; False at the end
                 break
         elif not cursor.next():
             break
-    if previous is not None:
-        _tally(previous, tally)
     txn.put(keys.FIRST_SEQUENCE_KEY, keys.encode_sequence(next_sequence))
     return tally["entries"]
 
@@ -349,32 +397,24 @@ _SCAN_BATCH = 1024
 
 
 def _scan_batch(txn, start: bytes, stop: bytes, with_values: bool):
-    """Up to ``_SCAN_BATCH`` newest records from ``start``; return them and the next start."""
+    """The newest records of up to ``_SCAN_BATCH`` calls from ``start``; return them and the
+    next start (None at the end)."""
     batch = []
     cursor = txn.cursor()
     if not cursor.set_range(start):
         return batch, None
-    pending = None  # (prefix, key, value) of the newest version seen so far
-    while True:
-        key = cursor.key()
-        if key >= stop:
-            break
-        if keys.is_record_key(key):
-            prefix = key[:keys.PREFIX_SIZE]
-            if pending is not None and pending[0] != prefix:
-                _emit(batch, pending, with_values)
-                if len(batch) >= _SCAN_BATCH:
-                    return batch, prefix
-            pending = (prefix, key, cursor.value())
-        if not cursor.next():
-            break
-    if pending is not None:
-        _emit(batch, pending, with_values)
+    walked = 0
+    for key, newest, versions in keys.newest_of_each_call(cursor, stop):
+        if not versions:
+            continue
+        _emit(batch, key, newest, with_values)
+        walked += 1
+        if walked >= _SCAN_BATCH:
+            return batch, keys.after_last_version(bytes(key[:keys.PREFIX_SIZE]))
     return batch, None
 
 
-def _emit(batch, pending, with_values: bool) -> None:
-    _, key, value = pending
+def _emit(batch, key: bytes, value, with_values: bool) -> None:
     bucket, digest, sequence = keys.split_key(key)
     try:
         record = decode_record(value, sequence, with_value=with_values,

@@ -46,7 +46,6 @@ whatever it points to. Folders found trustworthy are remembered per process, so 
 a few ``stat`` calls per store it opens, and nothing per call.
 """
 
-import enum
 import grp
 import os
 import pwd
@@ -55,46 +54,13 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from . import settings as _settings
 from .errors import UntrustedFolderError
+from .sharing import Sharing  # noqa: F401  (re-exported; settings.py needs it without trust)
 
 STORE_FILES = ("data.mdb", "lock.mdb")
 _OTHERS_WRITE = stat.S_IWOTH
 _GROUP_WRITE = stat.S_IWGRP
-
-
-class Sharing(str, enum.Enum):
-    """Who besides you may write a cache: nobody (``no``), your groups (``group``) or anyone
-    (``all``). It decides both what is accepted and how new folders and files are created."""
-
-    NO = "no"
-    GROUP = "group"
-    ALL = "all"
-
-    @property
-    def folder_mode(self) -> int:
-        return 0o700 if self is Sharing.NO else 0o2770
-
-    @property
-    def file_mode(self) -> int:
-        return 0o600 if self is Sharing.NO else 0o660
-
-    @classmethod
-    def parse(cls, value) -> "Sharing":
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, bool):
-            return cls.GROUP if value else cls.NO
-        text = str(value).strip().lower()
-        aliases = {"false": cls.NO, "off": cls.NO, "0": cls.NO, "private": cls.NO,
-                   "true": cls.GROUP, "yes": cls.GROUP, "on": cls.GROUP, "1": cls.GROUP}
-        if text in aliases:
-            return aliases[text]
-        try:
-            return cls(text)
-        except ValueError:
-            raise ValueError(
-                f"shared must be 'no', 'group' or 'all' (or true/false), got {value!r}"
-            ) from None
 
 
 @dataclass(frozen=True)
@@ -130,20 +96,32 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def set_policy(sharing, roots: Iterable[str] = ()) -> TrustPolicy:
-    """Make ``sharing`` and ``roots`` the policy of every store opened from now on.
+def policy_of(settings: "_settings.EngineSettings") -> TrustPolicy:
+    """The trust policy the settings describe: their sharing level, and their trust roots
+    made absolute and normalised."""
+    roots = tuple(sorted({os.path.normpath(os.path.abspath(root))
+                          for root in settings.trust_roots if root}))
+    return TrustPolicy(Sharing.parse(settings.sharing), roots)
 
-    The API layer calls this whenever its settings load or change; the engine never reads
-    settings itself.
-    """
+
+def _apply(settings: "_settings.EngineSettings") -> None:
     global _policy
-    policy = TrustPolicy(Sharing.parse(sharing),
-                         tuple(sorted({os.path.normpath(os.path.abspath(r)) for r in roots if r})))
-    _policy = policy
-    return policy
+    _policy = policy_of(settings)
+
+
+_settings.on_install(_apply)
+
+
+def set_policy(sharing, roots: Iterable[str] = ()) -> TrustPolicy:
+    """Make ``sharing`` and ``roots`` the policy of every store opened from now on: installs
+    the current engine settings with them (see ``settings.py``)."""
+    _settings.install(_settings.current().replace(sharing=Sharing.parse(sharing),
+                                                  trust_roots=tuple(roots)))
+    return _policy
 
 
 def current_policy() -> TrustPolicy:
+    """The policy of the installed engine settings."""
     return _policy
 
 
@@ -218,15 +196,15 @@ def _check(target: str, store: str, sharing: Sharing, you: _You, kind: str) -> b
     problem = _problem(info, sharing, you, sticky_allowed=(kind == "parent"))
     if problem is None:
         return True
+    words = _settings.wording()
     raise UntrustedFolderError(
         f"Not loading the cache in {store}: {target} is {problem} ({_describe(info)}). Cached "
         "results are pickles and loading one runs code, so anyone who can write there could "
         "run code in this process. If that is not intended, make it yours and owner-only (for "
-        f"example `chmod go-w {target}`) or use another persist_path. If you share this cache "
-        "on purpose, opt in with the setting shared: 'group' (members of your groups may write "
-        "it) or 'all' (anyone who can write it), through `shared = group` in config.ini, the "
-        "environment variable PERSIST_TO_DISK_SHARED=group, or "
-        "persist_to_disk.config.set_shared('group').")
+        f"example `chmod go-w {target}`) or use another {words.persist_path}. If you share "
+        f"this cache on purpose, opt in with the setting {words.share_setting}: 'group' "
+        "(members of your groups may write it) or 'all' (anyone who can write it), "
+        f"{words.share_option('group')}.")
 
 
 def _problem(info: os.stat_result, sharing: Sharing, you: _You,

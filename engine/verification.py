@@ -31,7 +31,7 @@ import lmdb
 
 from . import keys
 from .durability import Durability
-from .environments import POOL, EnvironmentPool, StoreMissing
+from .pool import POOL, EnvironmentPool, StoreMissing
 from .errors import EngineError, StoreFormatError
 from .generations import DATA_FILE, existing_generations, generation_folder
 from .records import _FIELDS, RECORD_FORMAT, RecordKind, is_newer_format, record_problem

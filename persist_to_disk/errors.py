@@ -6,6 +6,10 @@ engine's included, is a :class:`PersistError` (defined in ``engine/errors.py``, 
 never imports this layer).
 """
 
+import os
+import sys
+import warnings
+
 from .engine.errors import (  # noqa: F401  (re-exported)
     CorruptStoreError,
     EngineError,
@@ -15,6 +19,7 @@ from .engine.errors import (  # noqa: F401  (re-exported)
     UnsafeFilesystemError,
     UntrustedFolderError,
 )
+from . import engine as _engine
 
 
 class UnkeyableArgumentError(PersistError, TypeError):
@@ -35,3 +40,22 @@ class ConfigError(PersistError, ValueError):
 
 class PersistWarning(UserWarning):
     """Something went wrong with the cache but the call still returned its computed result."""
+
+
+#: Frames in these folders are this package's (the API layer and its engine), not the user's.
+_OWN_FOLDERS = tuple(os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+                     for module in (sys.modules[__name__], _engine))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning issued by the caller at the user's line, not
+    at this package (nor at the engine, which runs some of the package's callbacks)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_FOLDERS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn(message: str) -> None:
+    """Issue a :class:`PersistWarning` pointed at the user's line that led to it."""
+    warnings.warn(message, PersistWarning, stacklevel=user_stacklevel())

@@ -1005,5 +1005,7 @@ def _compiled(plan: _Plan, inputs: tuple) -> Callable[[tuple], bytes]:
 
 
 def bucket_of(digest: bytes, hashsize: int) -> int:
-    """The hash bucket of a digest: which lock (scope ``call``) and key prefix it uses."""
+    """The hash bucket of a digest: which lock (scope ``call``) and key prefix it uses.
+
+    Duplicated inline in ``call.PersistedFunction.fast_path`` (the hit path): change both."""
     return int.from_bytes(digest[:8], "big") % hashsize

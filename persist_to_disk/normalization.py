@@ -18,7 +18,7 @@ Where 0.0.7 is ambiguous we keep calls apart instead, so two different calls nev
 
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
-from .engine.generations import FREE_NAME_MARK, is_internal_name
+from .engine import FREE_NAME_MARK, is_internal_name
 from .errors import UnkeyableArgumentError
 
 GroupSpec = Union[str, Tuple[str, ...]]

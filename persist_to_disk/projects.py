@@ -26,7 +26,7 @@ import os
 import stat
 from typing import Dict, Optional
 
-from .engine import UntrustedFolderError, make_private_dirs, scope_lock, trust
+from .engine import Sharing, UntrustedFolderError, make_private_dirs, scope_lock, trust
 from .errors import ConfigError
 
 PIDS_FILE = "project_to_pids.txt"
@@ -136,7 +136,7 @@ def _parse_ids(text: str, path: str) -> Dict[str, str]:
     return ids
 
 
-def read_project_ids(settings_folder: str, sharing=trust.Sharing.NO) -> Dict[str, str]:
+def read_project_ids(settings_folder: str, sharing=Sharing.NO) -> Dict[str, str]:
     path = os.path.join(settings_folder, PIDS_FILE)
     text = read_settings_file(path, sharing)
     return _parse_ids(text, path) if text is not None else {}
@@ -155,7 +155,7 @@ def check_project_path(project_path: str, where: str = "the project path") -> st
     return project_path
 
 
-def project_id(settings_folder: str, project_path: str, sharing=trust.Sharing.NO,
+def project_id(settings_folder: str, project_path: str, sharing=Sharing.NO,
                where: str = "the settings folder") -> str:
     """The id of ``project_path``, allocating one if the project is new.
 

@@ -14,8 +14,12 @@ in code. A setting made in code is also written to its environment variable, so 
 processes -- a ``multiprocessing`` pool started with ``spawn``, which never runs the parent's
 ``if __name__ == "__main__"`` block, or a ``subprocess`` -- use the same cache as the parent.
 
-``shared`` also tells the engine which cache folders it may load (``engine/trust.py``): the
-sharing level and the persist paths are handed to it whenever the settings load or change.
+The engine reads none of this: it is told what it needs through one settings object,
+:meth:`Config.engine_settings` (``shared`` and the persist paths decide which cache folders it
+may load, ``engine/trust.py``; ``PERSIST_TO_DISK_INITIAL_MAP_SIZE`` how large a new store's map
+starts; which folders hold 0.0.7's files; how its messages name this package's tools), and
+reaches storage through :meth:`Config.storage`, the local tier built from that object and
+built again whenever the settings change.
 
 The settings folder itself is checked before anything in it is read (``projects.py`` explains
 why): it, ``config.ini`` and ``project_to_pids.txt`` must pass the cache's trust rule at the
@@ -34,11 +38,13 @@ import tempfile
 import threading
 import warnings
 import weakref
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
-from .engine import Durability, LockScope, MAX_BUCKET, make_private_dirs
-from .engine import trust
+from .engine import (MAX_BUCKET, Durability, EngineError, EngineSettings, LocalStorage,
+                     LockScope, Sharing, Wording, make_private_dirs)
+from .engine import settings as engine_settings
 from .errors import ConfigError, PersistWarning
+from .imported import legacy_buckets_message
 from .projects import check_project_path, check_settings_folder, project_id, read_settings_file
 
 SETTINGS_ENV = "PERSIST_TO_DISK_HOME"
@@ -48,6 +54,32 @@ DEFAULT_LOCK_GRANULARITY = "call"
 DEFAULT_DURABILITY = "standard"
 DEFAULT_SHARED = "no"
 ENV_PREFIX = "PERSIST_TO_DISK_"
+#: Bytes of address space a new store maps first (rounded up to whole 4 KiB pages; at least
+#: 64 KiB); unset, the engine's default of 1 GiB. Read whenever :meth:`Config.storage` is
+#: asked for, not at import, so that a test can set it for the subprocesses it starts and use
+#: a small map to make growth (and other processes' growth) frequent.
+INITIAL_MAP_SIZE_VARIABLE = ENV_PREFIX + "INITIAL_MAP_SIZE"
+_PAGE = 4096
+_MIN_MAP_SIZE = 64 * 1024
+
+#: How the engine's messages name this package's tools and settings (engine/settings.py):
+#: its messages read as they did when the engine spelled them itself.
+WORDING = Wording(
+    verify="run `ptd verify {path}`",
+    compact="`ptd compact {path}`",
+    list_stores="`ptd ls` lists the stores",
+    persist_path="persist_path",
+    set_persist_path=(", with persist_to_disk.config.set_persist_path(...) or persist_path in "
+                      "config.ini"),
+    share_setting="shared",
+    share=("through `shared = {level}` in config.ini, the environment variable "
+           "PERSIST_TO_DISK_SHARED={level}, or persist_to_disk.config.set_shared('{level}')"),
+)
+# The engine is told everything else when a store is opened (Config.storage()), but its
+# messages name this package's tools from the moment the package is imported: a refusal from
+# a direct engine call (a check of a folder, ``verify_store``) reads like one through the
+# decorator. Only the wording is installed here; nothing is read or created at import.
+engine_settings.install(engine_settings.current().replace(wording=WORDING))
 
 
 def settings_folder() -> str:
@@ -62,16 +94,16 @@ def settings_folder_source() -> str:
     return "the default settings folder"
 
 
-def settings_sharing() -> "trust.Sharing":
+def settings_sharing() -> Sharing:
     """The sharing level the settings folder and its files are checked at: the environment
     variable (which ``Config.set_shared`` exports too), else ``no``; never config.ini's own
     ``shared``, since a file may not vouch for the folder it is written in."""
     name = ENV_PREFIX + "SHARED"
     value = os.environ.get(name, "").strip()
     if not value:
-        return trust.Sharing.NO
+        return Sharing.NO
     try:
-        return trust.Sharing.parse(value)
+        return Sharing.parse(value)
     except ValueError as err:
         raise ConfigError(f"environment variable {name}: {err}") from None
 
@@ -92,6 +124,28 @@ def parse_hashsize(value: Any, where: str) -> int:
         raise ConfigError(f"{where} must be a whole number from 1 to {MAX_BUCKET + 1}; "
                           f"got {value!r}")
     return hashsize
+
+
+def initial_map_size(text: Optional[str] = None) -> Optional[int]:
+    """The initial map size ``PERSIST_TO_DISK_INITIAL_MAP_SIZE`` asks for (``text``: its
+    value, read from the environment if not given), in bytes rounded up to whole pages; None
+    when it is unset (the engine's default). Otherwise an ``EngineError`` naming it (the
+    error the engine raised when it read the variable itself)."""
+    if text is None:
+        text = os.environ.get(INITIAL_MAP_SIZE_VARIABLE, "")
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        size = int(text)
+        if size < _MIN_MAP_SIZE:
+            raise ValueError
+    except ValueError:
+        raise EngineError(
+            f"The environment variable {INITIAL_MAP_SIZE_VARIABLE}={text!r} should be a number "
+            f"of bytes of at least {_MIN_MAP_SIZE} (the initial address space of each cache "
+            "store); unset it to use the default of 1 GiB.") from None
+    return (size + _PAGE - 1) // _PAGE * _PAGE
 
 
 def _current_directory() -> str:
@@ -130,6 +184,8 @@ class Config:
         self._project_path = self._initial_project_path()
         self._project_roots: Dict[tuple, str] = {}
         self._exported: Dict[str, str] = {}
+        # (version and PERSIST_TO_DISK_INITIAL_MAP_SIZE it was built for, the tier)
+        self._storage: Optional[Tuple[Tuple[int, Optional[str]], LocalStorage]] = None
         self.version = 0
 
     @staticmethod
@@ -206,7 +262,7 @@ class Config:
             }
             for key, parse in (("lock_granularity", LockScope.parse),
                                ("durability", Durability.parse),
-                               ("shared", trust.Sharing.parse)):
+                               ("shared", Sharing.parse)):
                 try:
                     settings[key] = parse(values[key])
                 except ValueError as err:
@@ -215,7 +271,6 @@ class Config:
             settings.update(self._settings)
             self._settings = settings
             self._loaded = True
-            self._publish_trust_policy()
 
     @staticmethod
     def _absolute(path: str) -> str:
@@ -243,7 +298,6 @@ class Config:
                     del os.environ[name]
             self._exported.clear()
             self._settings, self._loaded = {}, False
-            trust.set_policy(trust.Sharing.NO)  # until the settings load again
             self._project_path = self._initial_project_path()
             self._project_roots.clear()
             self.version += 1
@@ -301,16 +355,35 @@ class Config:
             self._settings[key] = value
             self._export(key, str(getattr(value, "value", value)))
             self.version += 1
-            if self._loaded:
-                self._publish_trust_policy()
         return value
 
-    def _publish_trust_policy(self) -> None:
-        """Tell the engine which caches it may load: the sharing level, and the persist paths,
-        where its check of a store's parent folders stops (engine/trust.py)."""
+    # --- what the engine is told ----------------------------------------------------------
+    def engine_settings(self) -> EngineSettings:
+        """The engine's settings, made from these: ``shared`` and the persist paths (where its
+        trust check of a store's parent folders stops), the initial map size
+        (:data:`INITIAL_MAP_SIZE_VARIABLE`), the check that refuses to create a store beside
+        0.0.7's ``.pkl`` bucket files, and the wording that names this package's tools in its
+        messages."""
+        self._ensure_loaded()
         settings = self._settings
-        trust.set_policy(settings["shared"],
-                         (settings["persist_path"], settings["persist_path_local"]))
+        roots = (settings["persist_path"], settings["persist_path_local"])
+        return EngineSettings(sharing=settings["shared"],
+                              trust_roots=tuple(root for root in roots if root),
+                              initial_map_size=initial_map_size(),
+                              foreign_folder=legacy_buckets_message,
+                              wording=WORDING)
+
+    def storage(self) -> LocalStorage:
+        """The storage tier stores are opened from, built from :meth:`engine_settings` and
+        kept until the settings change (``version``) or the initial map size variable does."""
+        key = (self.version, os.environ.get(INITIAL_MAP_SIZE_VARIABLE))
+        built = self._storage
+        if built is not None and built[0] == key:
+            return built[1]
+        with self._lock:
+            storage = LocalStorage(self.engine_settings())
+            self._storage = (key, storage)
+        return storage
 
     def set_persist_path(self, path: str) -> str:
         """Where caches are stored (applies to every later call)."""
@@ -342,7 +415,7 @@ class Config:
         folders your groups may write; ``'all'`` also loads folders anyone may write (an
         explicit opt-in: they could run code in your processes); ``'no'`` (or False, the
         default) keeps everything owner-only."""
-        return self._set("shared", trust.Sharing.parse(shared)).value
+        return self._set("shared", Sharing.parse(shared)).value
 
     def get_persist_path(self, local: bool = False) -> str:
         self._ensure_loaded()
@@ -365,7 +438,7 @@ class Config:
         self._ensure_loaded()
         return self._settings["durability"]
 
-    def get_shared(self) -> "trust.Sharing":
+    def get_shared(self) -> Sharing:
         self._ensure_loaded()
         return self._settings["shared"]
 

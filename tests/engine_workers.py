@@ -9,7 +9,7 @@ import hashlib
 import sys
 import time
 
-from persist_to_disk.engine import Record, RecordKind, Store, environments
+from persist_to_disk.engine import Record, RecordKind, Store, settings
 
 
 def digest_for(name) -> bytes:
@@ -33,10 +33,10 @@ def grow_store(path: str, worker: int, count: int, value_size: int, map_size: in
                barrier) -> None:
     """Append ``count`` values of ``value_size`` bytes, then check every value of both workers.
 
-    ``map_size`` replaces INITIAL_MAP_SIZE in this process, so the map starts small and has to
-    grow several times while the other worker grows it too.
+    ``map_size`` is this process's initial map size, so the map starts small and has to grow
+    several times while the other worker grows it too.
     """
-    environments.INITIAL_MAP_SIZE = map_size
+    settings.install(settings.current().replace(initial_map_size=map_size))
     store = Store(path, "fast")
     barrier.wait()
     for i in range(count):

@@ -39,13 +39,15 @@ import lmdb
 import pytest
 
 import persist_to_disk as ptd
-import persist_to_disk.persisted as persisted_module
 from persist_to_disk.engine import (
     MAX_BUCKET, POOL, CorruptStoreError, Durability, EnvironmentPool, ForeignFolderError, Record,
-    RecordKind, Store, StoreFormatError, UnsafeFilesystemError, check_folder,
-    ensure_local_filesystem, environments, filesystem, keys, locks,
+    RecordKind, Store, StoreFormatError, UnsafeFilesystemError,
+    ensure_local_filesystem, filesystem, keys, locks,
 )
+from persist_to_disk.engine import LocalStorage
+from persist_to_disk.engine import settings as engine_settings
 from persist_to_disk.engine import store as store_module
+from persist_to_disk.imported import legacy_buckets_message
 from persist_to_disk.engine.filesystem import parse_mountinfo
 from persist_to_disk.engine.records import decode_record, encode_record
 
@@ -53,6 +55,15 @@ from conftest import run_python
 import engine_workers
 from engine_workers import digest_for, record_for, value_for
 from helpers import files_under, fill_up, store_folders
+
+
+@pytest.fixture
+def restore_settings():
+    """The engine settings installed before the test, installed again after it."""
+    before = engine_settings.current()
+    yield before
+    engine_settings.install(before)
+
 
 TESTS_FOLDER = Path(__file__).resolve().parent
 MiB = 1 << 20
@@ -455,7 +466,7 @@ def test_a_cache_hit_through_the_decorator_takes_no_file_lock(monkeypatch):
     def compute_lock_is_forbidden(*args, **kwargs):
         raise AssertionError("a cache lookup took a file lock")
 
-    monkeypatch.setattr(persisted_module, "compute_lock", compute_lock_is_forbidden)
+    monkeypatch.setattr(Store, "compute_lock", compute_lock_is_forbidden)
 
     assert _tripled(5) == 15
     assert _tripled_calls == [5]
@@ -488,8 +499,8 @@ def test_a_hit_through_the_decorator_decodes_one_record_in_a_bucket_of_2000(deco
 # =================================================================================================
 # 4. Map growth
 # =================================================================================================
-def test_a_full_map_grows_and_the_write_succeeds(tmp_path, monkeypatch):
-    monkeypatch.setattr(environments, "INITIAL_MAP_SIZE", MiB)
+def test_a_full_map_grows_and_the_write_succeeds(tmp_path, restore_settings):
+    engine_settings.install(engine_settings.current().replace(initial_map_size=MiB))
     store = Store(tmp_path / "leaf", "fast")
 
     for i in range(40):  # 40 x 100 KiB: four times the first map
@@ -500,8 +511,8 @@ def test_a_full_map_grows_and_the_write_succeeds(tmp_path, monkeypatch):
         assert store.latest(i % 3, digest_for(i)).value_blob == value_for(i, 100 * 1024)
 
 
-def test_a_value_larger_than_the_whole_map_is_stored(tmp_path, monkeypatch):
-    monkeypatch.setattr(environments, "INITIAL_MAP_SIZE", MiB)
+def test_a_value_larger_than_the_whole_map_is_stored(tmp_path, restore_settings):
+    engine_settings.install(engine_settings.current().replace(initial_map_size=MiB))
     store = Store(tmp_path / "leaf", "fast")
 
     store.append(0, digest_for("big"), record_for("big", 5 * MiB))
@@ -509,11 +520,11 @@ def test_a_value_larger_than_the_whole_map_is_stored(tmp_path, monkeypatch):
     assert store.latest(0, digest_for("big")).value_blob == value_for("big", 5 * MiB)
 
 
-def test_two_processes_growing_one_store_at_once_lose_nothing(tmp_path, monkeypatch):
+def test_two_processes_growing_one_store_at_once_lose_nothing(tmp_path, restore_settings):
     """Each writer fills 5.6 MiB of a map that starts at 1 MiB, so both keep growing it and keep
     adopting the other's growth (MapResizedError). Every value is then read by both writers and
     by this process, which had the store open at its first, smallest size all along."""
-    monkeypatch.setattr(environments, "INITIAL_MAP_SIZE", MiB)
+    engine_settings.install(engine_settings.current().replace(initial_map_size=MiB))
     count, value_size = 120, 48 * 1024
     store = Store(tmp_path / "leaf", "fast")
     store.append(0, digest_for("parent"), record_for("parent"))
@@ -762,11 +773,18 @@ def test_a_folder_of_0_0_7_pkl_buckets_is_refused_and_left_unchanged(tmp_path):
     (leaf / "301.pkl").write_bytes(b"\x80\x04}\x94.")
     before = snapshot(leaf)
 
-    with pytest.raises(ForeignFolderError, match=r"\.pkl") as raised:
-        Store(leaf).append(0, digest_for("call"), record_for("call"))
-    assert str(leaf) in str(raised.value)
-    with pytest.raises(ForeignFolderError):
-        check_folder(str(leaf))
+    # The engine knows nothing of .pkl files: the layer above's check refuses the folder,
+    # asked by the storage tier when it opens a leaf without a store.
+    installed = engine_settings.current()
+    storage = LocalStorage(installed.replace(foreign_folder=legacy_buckets_message))
+    try:
+        with pytest.raises(ForeignFolderError, match=r"\.pkl") as raised:
+            storage.open_store(str(leaf)).append(0, digest_for("call"), record_for("call"))
+        assert str(leaf) in str(raised.value)
+        with pytest.raises(ForeignFolderError):
+            storage.open_store(str(leaf))
+    finally:
+        engine_settings.install(installed)
     assert snapshot(leaf) == before
 
 
@@ -1038,7 +1056,7 @@ def test_a_fork_while_a_stale_handle_is_retired_leaves_the_pool_usable(tmp_path)
     is deleted or the durability changes): the fork hooks must neither break on the changed
     registry nor leave the pool lock held."""
     import threading
-    from persist_to_disk.engine.environments import EnvironmentPool
+    from persist_to_disk.engine.pool import EnvironmentPool
 
     pool = EnvironmentPool()
     stores = [Store(tmp_path / name, pool=pool) for name in ("a", "b", "c")]

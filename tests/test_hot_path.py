@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 import persist_to_disk as ptd
 from helpers import lock_held_elsewhere
 from persist_to_disk.engine import Record, RecordKind, StoreFormatError, locks
+from persist_to_disk.engine import settings as engine_settings
 from persist_to_disk.engine.records import decode_record, encode_record
 from persist_to_disk.keying import CallKeyer, call_digest
 
@@ -229,6 +230,14 @@ HOLDER = """
 
 
 @pytest.fixture
+def restore_settings():
+    """The engine settings installed before the test, installed again after it."""
+    before = engine_settings.current()
+    yield before
+    engine_settings.install(before)
+
+
+@pytest.fixture
 def holder():
     """Start a process that takes the lock of a path and keeps it until killed."""
     started = []
@@ -304,13 +313,14 @@ def test_a_lock_file_deleted_under_a_kept_descriptor_is_opened_again(tmp_path, h
         locks.scope_lock(str(path), timeout=0.1).acquire()
 
 
-def test_a_lock_folder_moved_aside_is_noticed_at_the_next_recheck(tmp_path, holder, monkeypatch):
+def test_a_lock_folder_moved_aside_is_noticed_at_the_next_recheck(tmp_path, holder,
+                                                                  restore_settings):
     path = tmp_path / "leaf" / "locks" / "4.lock"
     with locks.scope_lock(str(path)):
         pass
     (tmp_path / "leaf").rename(tmp_path / "leaf.old")  # the file stays linked, elsewhere
     holder(path)  # another process creates the path again and holds it
-    monkeypatch.setattr(locks, "RECHECK_SECONDS", 0.0)
+    engine_settings.install(restore_settings.replace(lock_recheck_seconds=0.0))
     with pytest.raises(locks.Timeout):
         locks.scope_lock(str(path), timeout=0.1).acquire()
 
@@ -338,8 +348,8 @@ def test_a_forked_child_neither_inherits_nor_releases_the_parents_lock(tmp_path)
     assert not lock_held_elsewhere(path)
 
 
-def test_open_lock_files_are_bounded_but_held_ones_stay_open(tmp_path, monkeypatch):
-    monkeypatch.setattr(locks, "MAX_OPEN_LOCK_FILES", 3)
+def test_open_lock_files_are_bounded_but_held_ones_stay_open(tmp_path, restore_settings):
+    engine_settings.install(restore_settings.replace(max_open_lock_files=3))
     paths = [str(tmp_path / "locks" / f"{i}.lock") for i in range(6)]
 
     def open_lock_files():

@@ -31,6 +31,7 @@ import pytest
 
 import persist_to_disk as ptd
 from persist_to_disk.engine import Record, RecordKind, Store
+from persist_to_disk.engine.errors import storage_io_error
 from conftest import write_module
 from helpers import counting, store_folders
 
@@ -417,7 +418,8 @@ def test_a_record_whose_class_no_longer_exists_is_a_miss_with_a_warning(ptd_env,
 
 # --- a store that cannot be written -----------------------------------------------------------
 
-@pytest.mark.parametrize("error", [lmdb.DiskError("mdb_txn_commit: No space left on device"),
+@pytest.mark.parametrize("error", [storage_io_error(  # as the engine reports LMDB's error
+    "leaf", lmdb.DiskError("mdb_txn_commit: No space left on device"), "write to"),
                                    OSError(errno.ENOSPC, "No space left on device")],
                          ids=["lmdb.DiskError", "OSError-ENOSPC"])
 def test_a_failed_store_write_returns_the_result_with_one_warning(error):

@@ -272,13 +272,14 @@ def test_store_files_made_under_a_umask_are_given_the_group_mode(tmp_path, umask
 # =================================================================================================
 def test_shared_comes_from_config_ini_then_the_environment_then_code(ptd_env, monkeypatch):
     assert ptd.config.get_shared() is Sharing.NO
-    assert trust.current_policy() == TrustPolicy(Sharing.NO, (str(ptd_env.persist),))
+    assert trust.policy_of(ptd.config.engine_settings()) == TrustPolicy(
+        Sharing.NO, (str(ptd_env.persist),))
 
     ptd_env.home.mkdir(exist_ok=True)
     (ptd_env.home / "config.ini").write_text("[global_settings]\nshared = group\n")
     ptd.config.reload()
     assert ptd.config.get_shared() is Sharing.GROUP
-    assert trust.current_policy().sharing is Sharing.GROUP
+    assert trust.policy_of(ptd.config.engine_settings()).sharing is Sharing.GROUP
 
     monkeypatch.setenv("PERSIST_TO_DISK_SHARED", "all")
     ptd.config.reload()
@@ -286,10 +287,10 @@ def test_shared_comes_from_config_ini_then_the_environment_then_code(ptd_env, mo
 
     assert ptd.config.set_shared(False) == "no"
     assert os.environ["PERSIST_TO_DISK_SHARED"] == "no", "exported for child processes"
-    assert trust.current_policy().sharing is Sharing.NO
+    assert trust.policy_of(ptd.config.engine_settings()).sharing is Sharing.NO
     ptd.config.set_persist_path_local(str(ptd_env.tmp / "local"))
-    assert trust.current_policy().roots == tuple(sorted([str(ptd_env.persist),
-                                                         str(ptd_env.tmp / "local")]))
+    assert trust.policy_of(ptd.config.engine_settings()).roots == tuple(
+        sorted([str(ptd_env.persist), str(ptd_env.tmp / "local")]))
 
 
 @pytest.mark.parametrize("where", ["config.ini", "environment"])

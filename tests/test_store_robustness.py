@@ -16,8 +16,8 @@ What these tests pin down (issues 9 and 10):
 5. **A garbage seal or ``CURRENT``** is a ``CorruptStoreError`` naming the folder, and ``ptd
    verify`` reports it with exit status 1, without a traceback.
 
-The map starts at 1 MiB here (``environments.INITIAL_MAP_SIZE``, set in this process with
-``monkeypatch`` and in subprocesses by their code), so that a few MiB written by one process
+The map starts at 1 MiB here (``EngineSettings.initial_map_size``, installed in this process by
+a fixture and in subprocesses by their code), so that a few MiB written by one process
 grow it past what another has mapped. Every subprocess and thread wait has a time limit.
 """
 
@@ -40,20 +40,34 @@ from engine_workers import digest_for, record_for, value_for
 from helpers import fill_up
 from persist_to_disk.cli import main
 from persist_to_disk.engine import (POOL, CorruptStoreError, EngineError, EnvironmentPool, Store,
-                                    compact, environments)
+                                    compact, settings)
+from persist_to_disk.engine import pool as pool_module
+from persist_to_disk.settings import INITIAL_MAP_SIZE_VARIABLE
 from persist_to_disk.engine.generations import SEAL_KEY
 
 MiB = 1 << 20
 TESTS_FOLDER = Path(__file__).resolve().parent
 WAIT = 60  # seconds any single step may take before the test calls it a hang
-SMALL_MAP = f"from persist_to_disk.engine import environments\n" \
-            f"environments.INITIAL_MAP_SIZE = {MiB}  # growth by others becomes frequent\n"
+# Growth by others becomes frequent. The variable is what the API layer puts in the engine
+# settings it installs (decorated functions); the install is for stores opened directly.
+SMALL_MAP = f"import os\n" \
+            f"os.environ['PERSIST_TO_DISK_INITIAL_MAP_SIZE'] = '{MiB}'\n" \
+            f"from persist_to_disk.engine import environments, settings\n" \
+            f"settings.install(settings.current().replace(initial_map_size={MiB}))\n"
 
 
 @pytest.fixture
-def small_map(monkeypatch):
+def engine_settings():
+    """The engine settings installed before the test, installed again after it."""
+    before = settings.current()
+    yield before
+    settings.install(before)
+
+
+@pytest.fixture
+def small_map(engine_settings):
     """This process opens stores with a 1 MiB map."""
-    monkeypatch.setattr(environments, "INITIAL_MAP_SIZE", MiB)
+    settings.install(engine_settings.replace(initial_map_size=MiB))
 
 
 def python_path_with_tests() -> str:
@@ -174,7 +188,8 @@ def test_a_reader_whose_map_another_process_grew_keeps_hitting_and_never_hangs(
         import sys
         from persist_to_disk.engine import Store
         from engine_workers import digest_for, value_for
-        environments.RECHECK_SECONDS = 0.0  # the staleness check runs before every read
+        # the staleness check runs before every read
+        settings.install(settings.current().replace(handle_recheck_seconds=0.0))
         store = Store(sys.argv[1], "fast")
         print("ready", store.latest(0, digest_for("before")).value_blob == value_for("before"),
               flush=True)
@@ -255,7 +270,7 @@ def test_a_store_opened_just_as_another_process_grows_its_map_still_reads_and_st
         import sys
         from persist_to_disk.engine import POOL, Store
         from engine_workers import digest_for, record_for, value_for
-        real_open = environments._open_environment
+        real_open = environments.open_environment
 
         def open_then_pause(*args, **kwargs):
             env = real_open(*args, **kwargs)
@@ -263,7 +278,7 @@ def test_a_store_opened_just_as_another_process_grows_its_map_still_reads_and_st
             sys.stdin.readline()  # the test grows the map now
             return env
 
-        environments._open_environment = open_then_pause
+        environments.open_environment = open_then_pause
         store = Store(sys.argv[1], "fast")
         try:
             record = store.latest(0, digest_for("before"))
@@ -307,27 +322,28 @@ def within(seconds: float, call):
     return outcome[0] if outcome else ("hung", None)
 
 
-def test_a_staleness_check_that_raises_releases_the_handle_lock(tmp_path, monkeypatch):
+def test_a_staleness_check_that_raises_releases_the_handle_lock(tmp_path, monkeypatch,
+                                                               engine_settings):
     """Fault injection: whatever the check of a handle raises, the handle's lock is released on
     the way out, so the next call of the process proceeds instead of blocking for good. (A
     pool of its own: a lock left held would block closing the shared one at teardown.)"""
     pool = EnvironmentPool()
     store = Store(tmp_path / "leaf", "fast", pool=pool)
     store.append(0, digest_for("call"), record_for("call"))
-    monkeypatch.setattr(environments, "RECHECK_SECONDS", 0.0)
-    real_check = environments._Handle.is_current
+    settings.install(engine_settings.replace(handle_recheck_seconds=0.0))
+    real_check = pool_module._Handle.is_current
 
     def failing_check(self, generation_too=True):
         raise OSError(errno.EIO, "injected: the check failed")
 
-    monkeypatch.setattr(environments._Handle, "is_current", failing_check)
+    monkeypatch.setattr(pool_module._Handle, "is_current", failing_check)
     for call in (lambda: store.latest(0, digest_for("call")),
                  lambda: store.append(0, digest_for("other"), record_for("other"))):
         kind, error = within(10, call)
         assert kind == "raised" and "injected" in str(error), (
             "the handle's lock was left held by the previous call: this one hangs"
             if kind == "hung" else (kind, error))
-    monkeypatch.setattr(environments._Handle, "is_current", real_check)
+    monkeypatch.setattr(pool_module._Handle, "is_current", real_check)
 
     kind, record = within(10, lambda: store.latest(0, digest_for("call")))
     assert kind == "returned", "the handle's lock was left held: the next call hangs"
@@ -336,16 +352,18 @@ def test_a_staleness_check_that_raises_releases_the_handle_lock(tmp_path, monkey
 
 
 def test_the_initial_map_size_follows_an_environment_variable_read_at_each_open(
-        tmp_path, monkeypatch):
-    monkeypatch.setenv(environments.INITIAL_MAP_SIZE_VARIABLE, str(2 * MiB))
-    store = Store(tmp_path / "leaf", "fast")
+        tmp_path, monkeypatch, engine_settings):
+    # The API layer reads the variable into the engine's settings (the engine reads none).
+    monkeypatch.setenv(INITIAL_MAP_SIZE_VARIABLE, str(2 * MiB))
+    store = ptd.config.storage().open_store(str(tmp_path / "leaf"), "fast")
     store.append(0, digest_for("call"), record_for("call"))
     assert POOL._handles[store.path].env.info()["map_size"] == 2 * MiB
 
     POOL.close_all()
-    monkeypatch.setenv(environments.INITIAL_MAP_SIZE_VARIABLE, "a lot")
-    with pytest.raises(EngineError, match=environments.INITIAL_MAP_SIZE_VARIABLE):
-        store.latest(0, digest_for("call"))
+    monkeypatch.setenv(INITIAL_MAP_SIZE_VARIABLE, "a lot")
+    with pytest.raises(ptd.PersistError, match=INITIAL_MAP_SIZE_VARIABLE):
+        ptd.config.storage().open_store(str(tmp_path / "leaf"), "fast").latest(
+            0, digest_for("call"))
 
 
 # =================================================================================================
@@ -744,7 +762,8 @@ def test_environments_and_lock_files_together_keep_at_most_half_the_descriptor_l
         for limit in (16, 24, 32, 64, 128, 1024):
             if limit <= hard:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-                kept = (environments.DESCRIPTORS_PER_ENVIRONMENT * environments.environment_budget()
+                kept = (pool_module.DESCRIPTORS_PER_ENVIRONMENT
+                        * pool_module.environment_budget()
                         + locks._descriptor_budget())
                 assert kept <= limit // 2, limit
     finally:
@@ -755,7 +774,7 @@ def test_the_pool_budget_follows_the_descriptor_limit():
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        for limit, budget in ((64, 8), (128, 16), (4096, environments.DEFAULT_MAX_OPEN)):
+        for limit, budget in ((64, 8), (128, 16), (4096, pool_module.DEFAULT_MAX_OPEN)):
             if limit <= hard:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
                 assert EnvironmentPool().max_open == budget

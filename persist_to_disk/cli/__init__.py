@@ -1,8 +1,11 @@
 """``ptd``: see, shrink and move a persist_to_disk cache from a shell, while jobs use it.
 
 One module per command (``ls``, ``stats``, ``verify``, ``clear``, ``compact``, ``export-pkl``,
-``import-pkl``), each with ``add_parser`` and ``run(args) -> exit code``. ``tools/compact`` and
-``tools/export_pkl`` call :func:`main` too, so every way of running a command runs this code.
+``import-pkl``), each with ``add_parser`` and ``run(args, storage) -> exit code``, where
+``storage`` is the configured local tier (``config.storage()``: the trust policy, the wording
+of messages and the check for 0.0.7 folders come with it) through which commands reach stores.
+``tools/compact`` and ``tools/export_pkl`` call :func:`main` too, so every way of running a
+command runs this code.
 """
 
 import argparse
@@ -78,11 +81,11 @@ def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None,
         return stop.code if isinstance(stop.code, int) else USAGE
     name = prog if command and prog else f"{parser.prog} {args.command}"
     try:
-        # Load the settings even where a command is given a folder: they tell the engine
-        # which folders to trust (`shared`), without which a team's cache is refused.
+        # The settings are loaded even where a command is given a folder: the tier built
+        # from them knows which folders to trust (`shared`), without which a team's cache is
+        # refused.
         from .. import config
-        config.get_shared()
-        return args.run(args)
+        return args.run(args, config.storage())
     except CommandError as err:
         print(f"{name}: {err}", file=sys.stderr)
         return err.code

@@ -1,6 +1,6 @@
 """``ptd clear FUNCTION-OR-LEAF``: delete a function's or a leaf's stored results.
 
-Each store is emptied in one transaction (``Store.clear``) and then compacted, so the files
+Each store is emptied in one transaction (``clear`` of the store) and then compacted, so the files
 really shrink, and the folders stay: jobs using the cache meanwhile never find a folder gone
 from under them, they just miss and recompute.
 """
@@ -8,9 +8,7 @@ from under them, they just miss and recompute.
 import argparse
 import sys
 
-import lmdb
-
-from ..engine import EngineError, Store, compact
+from ..engine import EngineError, LocalStorage
 from . import output, targets
 from .exit_codes import DECLINED, FAILURE, OK
 from .units import format_bytes
@@ -56,17 +54,17 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def run(args) -> int:
-    leaves = targets.resolve(args.target, args.root or targets.default_root())
+def run(args, storage: LocalStorage) -> int:
+    leaves = targets.resolve(args.target, args.root or targets.default_root(), storage)
     folders = sorted({leaf.function_folder for leaf in leaves})
     label = targets.display(folders[0]) if len(folders) == 1 else args.target
     entries, unreadable = 0, {}
     for leaf in leaves:
         try:
-            entries += Store(leaf.path).stats().entries
-        except (EngineError, lmdb.Error, OSError) as err:  # damaged: cleared below if it can be
+            entries += storage.open_store(leaf.path).stats().entries
+        except (EngineError, OSError) as err:  # damaged: cleared below if it can be
             unreadable[leaf.path] = f"{type(err).__name__}: {err}"
-    size = sum(targets.usage(leaf.path)[0] for leaf in leaves)
+    size = sum(targets.usage(leaf.path, storage)[0] for leaf in leaves)
     if not args.yes:
         shown = [targets.display(leaf.path)
                  + (" (cannot be read: its results are not counted)"
@@ -82,11 +80,11 @@ def run(args) -> int:
     before = after = 0
     for leaf in leaves:
         try:
-            deleted += Store(leaf.path).clear()
-            report = compact(leaf.path)
+            deleted += storage.open_store(leaf.path).clear()
+            report = storage.compact(leaf.path)
             before += report.bytes_before
             after += report.bytes_after
-        except (EngineError, lmdb.Error, OSError) as err:
+        except (EngineError, OSError) as err:
             output.warn(f"ptd clear: {leaf.path}: {type(err).__name__}: {err}")
             failures += 1
     print(f"Deleted {deleted} stored result(s) of {label}; data files {format_bytes(before)} "

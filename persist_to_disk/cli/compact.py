@@ -1,7 +1,7 @@
 """``ptd compact [PATH ...]`` (also ``tools/compact``): rebuild stores so their files shrink.
 
 Each store is rebuilt into a new generation holding only the newest record of every call that
-is kept (``engine.compact``), while jobs go on reading and writing it.
+is kept (the local tier's ``compact``), while jobs go on reading and writing it.
 """
 
 import argparse
@@ -9,9 +9,7 @@ import dataclasses
 import os
 from typing import List
 
-import lmdb
-
-from ..engine import CompactionPolicy, EngineError, compact
+from ..engine import CompactionPolicy, EngineError, LocalStorage
 from . import output, targets
 from .exit_codes import FAILURE, OK
 from .progress import progress_bar
@@ -69,20 +67,22 @@ def _line(report) -> str:
             + (f", {verb + ' ' if verb else ''}dropped: {', '.join(dropped)}" if dropped else ""))
 
 
-def run(args) -> int:
+def run(args, storage: LocalStorage) -> int:
     paths = args.paths or [targets.default_root()]
     leaves: List[str] = []
     for path in paths:
         if not args.paths and not os.path.isdir(path):
             continue  # the default persist path: nothing cached yet
-        leaves.extend(leaf for leaf in targets.stores_under(path) if leaf not in leaves)
+        leaves.extend(leaf for leaf in targets.stores_under(path, storage)
+                      if leaf not in leaves)
     policy = CompactionPolicy(older_than=args.older_than, max_size=args.max_size)
     reports, failures = [], []
     with progress_bar("compacting", unit="records") as advance:
         for leaf in leaves:
             try:
-                reports.append(compact(leaf, policy, dry_run=args.dry_run, progress=advance))
-            except (EngineError, lmdb.Error, OSError) as err:
+                reports.append(storage.compact(leaf, policy, dry_run=args.dry_run,
+                                               progress=advance))
+            except (EngineError, OSError) as err:
                 failures.append((leaf, f"{type(err).__name__}: {err}"))
     if args.json:
         output.print_json([dataclasses.asdict(r) for r in reports]

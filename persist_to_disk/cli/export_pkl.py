@@ -6,6 +6,7 @@ import dataclasses
 import os
 
 from .. import config
+from ..engine.interface import StorageTier
 from ..legacy import export_tree
 from ..settings import parse_hashsize
 from . import output, targets
@@ -61,16 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def run(args) -> int:
+def run(args, storage: StorageTier) -> int:
     source = targets.existing_folder(args.source, "SRC")
-    if not targets.stores_under(source):
+    if not targets.stores_under(source, storage):
         raise targets.CommandError(f"SRC {source} holds no cache store; `ptd ls` lists them.")
     try:
         with progress_bar("exporting", unit="entries") as advance:
             report = export_tree(source, os.path.abspath(args.destination),
                                  hashsize=args.hashsize, hash_method=args.hash_method,
                                  default_hashsize=config.get_hashsize(), progress=advance,
-                                 sharing=config.get_shared())
+                                 sharing=config.get_shared(), storage=storage)
     except ValueError as err:
         raise targets.CommandError(str(err)) from None
     if args.json:

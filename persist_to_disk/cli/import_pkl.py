@@ -6,6 +6,7 @@ import dataclasses
 import os
 
 from .. import config
+from ..engine.interface import StorageTier
 from ..legacy import import_tree
 from . import output, targets
 from .exit_codes import FAILURE, OK
@@ -49,14 +50,14 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args) -> int:
+def run(args, storage: StorageTier) -> int:
     source = targets.existing_folder(args.source, "SRC")
     try:
         with progress_bar("importing", unit="entries") as advance:
             report = import_tree(source, os.path.abspath(args.destination),
                                  hashsize=args.hashsize, default_hashsize=config.get_hashsize(),
                                  durability=config.get_durability(), progress=advance,
-                                 sharing=config.get_shared())
+                                 sharing=config.get_shared(), storage=storage)
     except ValueError as err:
         raise targets.CommandError(str(err)) from None
     if not report.stores and not report.failed_files:

@@ -4,7 +4,7 @@ counts, disk sizes and last writes."""
 import argparse
 import os
 
-from ..engine import Store
+from ..engine.interface import StorageTier
 from . import output, targets
 from .exit_codes import FAILURE, OK
 from .progress import progress_bar
@@ -34,27 +34,28 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def _row(leaf: targets.Leaf) -> dict:
-    disk_bytes, last_write = targets.usage(leaf.path)
+def _row(leaf: targets.Leaf, storage: StorageTier) -> dict:
+    disk_bytes, last_write = targets.usage(leaf.path, storage)
     row = {"project": leaf.project, "function": leaf.function_name,
            "function_folder": leaf.function_label, "leaf": leaf.leaf, "path": leaf.path,
            "entries": None, "disk_bytes": disk_bytes, "last_write": iso_time(last_write),
            "last_write_epoch": last_write, "error": None}
     try:
-        row["entries"] = Store(leaf.path).stats().entries
+        row["entries"] = storage.open_store(leaf.path).stats().entries
     except Exception as err:  # a damaged store is listed, not fatal; `ptd verify` explains
         row["error"] = f"{type(err).__name__}: {err}"
     return row
 
 
-def run(args) -> int:
+def run(args, storage: StorageTier) -> int:
     root = targets.existing_folder(args.path) if args.path else targets.default_root()
-    leaves = ([targets.describe(leaf, root) for leaf in targets.stores_under(root)]
+    leaves = ([targets.describe(leaf, root, storage)
+               for leaf in targets.stores_under(root, storage)]
               if os.path.isdir(root) else [])  # the default persist path: nothing cached yet
     rows = []
     with progress_bar("reading", unit="stores", total=len(leaves)) as advance:
         for leaf in leaves:
-            rows.append(_row(leaf))
+            rows.append(_row(leaf, storage))
             advance(1)
     if args.json:
         output.print_json(rows)

@@ -10,8 +10,8 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
-from ..engine import Store
-from ..legacy.lookup import IMPORTED_TAG
+from ..engine.interface import StorageTier
+from ..imported import is_imported
 from . import output, targets
 from .exit_codes import OK
 from .progress import progress_bar
@@ -59,8 +59,8 @@ class LeafStats:
     imported: int
 
 
-def leaf_stats(leaf: targets.Leaf) -> LeafStats:
-    store = Store(leaf.path)
+def leaf_stats(leaf: targets.Leaf, storage: StorageTier) -> LeafStats:
+    store = storage.open_store(leaf.path)
     counts = store.stats()
     oldest = newest = None
     compute = 0.0
@@ -69,8 +69,8 @@ def leaf_stats(leaf: targets.Leaf) -> LeafStats:
         oldest = record.created if oldest is None else min(oldest, record.created)
         newest = record.created if newest is None else max(newest, record.created)
         compute += record.compute_seconds
-        imported += record.serializer.endswith(IMPORTED_TAG)
-    disk_bytes, _ = targets.usage(leaf.path)
+        imported += is_imported(record)
+    disk_bytes, _ = targets.usage(leaf.path, storage)
     return LeafStats(leaf.path, leaf.leaf, counts.entries, counts.versions, counts.tombstones,
                      counts.unreadable, counts.live_bytes, counts.file_bytes, disk_bytes, oldest,
                      newest, compute, imported)
@@ -94,13 +94,13 @@ def _total(leaves: List[LeafStats]) -> dict:
     }
 
 
-def run(args) -> int:
+def run(args, storage: StorageTier) -> int:
     root = args.root or targets.default_root()
-    leaves = targets.resolve(args.target, root)
+    leaves = targets.resolve(args.target, root, storage)
     collected = []
     with progress_bar("reading", unit="stores", total=len(leaves)) as advance:
         for leaf in leaves:
-            collected.append(leaf_stats(leaf))
+            collected.append(leaf_stats(leaf, storage))
             advance(1)
     total = _total(collected)
     folders = sorted({leaf.function_folder for leaf in leaves})

@@ -1,16 +1,17 @@
 """What a command works on: the stores under a path, or those of a function named on the
 command line, and how to describe each (project, function, groupby leaf, size, last write).
 
-The engine finds stores (``find_stores``); what function a store belongs to comes from the
-metadata the decorator writes with its first record (``function``, and ``leaf``: the groupby
-path of the store below the function's folder).
+The storage tier finds and opens stores (``storage.find_stores``, ``storage.open_store``);
+what function a store belongs to comes from the metadata the decorator writes with its first
+record (``function``, and ``leaf``: the groupby path of the store below the function's
+folder).
 """
 
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from ..engine import Store, find_stores
+from ..engine.interface import StorageTier
 from .exit_codes import USAGE
 
 #: Files that change when a store is read or locked, not when it is written.
@@ -51,9 +52,9 @@ def existing_folder(path: str, what: str = "PATH") -> str:
     return path
 
 
-def stores_under(path: str) -> List[str]:
+def stores_under(path: str, storage: StorageTier) -> List[str]:
     """Leaf folders holding a store under ``path`` (which must exist), sorted."""
-    return list(find_stores(existing_folder(path)))
+    return list(storage.find_stores(existing_folder(path)))
 
 
 @dataclass
@@ -103,21 +104,21 @@ class Leaf:
         return self.meta.get("function")
 
 
-def describe(leaf: str, root: str) -> Leaf:
+def describe(leaf: str, root: str, storage: StorageTier) -> Leaf:
     try:
-        meta = Store(leaf).read_meta()
+        meta = storage.open_store(leaf).read_meta()
     except Exception:  # a damaged store is described by its path; `ptd verify` says more
         meta = {}
     return Leaf(leaf, root, meta)
 
 
-def usage(leaf: str) -> Tuple[int, Optional[float]]:
+def usage(leaf: str, storage: StorageTier) -> Tuple[int, Optional[float]]:
     """``(bytes of every file under the leaf, time of its last write)``.
 
     Stores below this one (leaves of a function whose groupby changed) are not counted, and
     lock files are ignored for the last write, since readers touch them.
     """
-    nested = {path for path in find_stores(leaf) if path != leaf}
+    nested = {path for path in storage.find_stores(leaf) if path != leaf}
     total, last = 0, None
     for folder, subfolders, files in os.walk(leaf):
         subfolders[:] = [name for name in subfolders
@@ -158,18 +159,18 @@ def _matches_leaf(leaf: Leaf, name: str) -> bool:
     return leaf.relative == name or leaf.relative.endswith(os.sep + name.strip(os.sep))
 
 
-def resolve(spec: str, root: str) -> List[Leaf]:
+def resolve(spec: str, root: str, storage: StorageTier) -> List[Leaf]:
     """The stores ``spec`` names: a folder (every store under it), or a function (its dotted
     name, its name, or the end of its folder path) or a leaf (the end of its path) under
     ``root``. A name that fits several functions is refused, listing them."""
     if os.path.exists(spec):
         path = existing_folder(spec, "FUNCTION-OR-LEAF")
-        leaves = [describe(leaf, root) for leaf in find_stores(path)]
+        leaves = [describe(leaf, root, storage) for leaf in storage.find_stores(path)]
         if not leaves:
             raise CommandError(f"{path} holds no cache store. `ptd ls` lists the stores.")
         return leaves
     root = existing_folder(root, "the persist path")
-    every = [describe(leaf, root) for leaf in find_stores(root)]
+    every = [describe(leaf, root, storage) for leaf in storage.find_stores(root)]
     leaves = [leaf for leaf in every if _matches_name(leaf, spec)]
     if not leaves:
         leaves = [leaf for leaf in every if _matches_leaf(leaf, spec)]

@@ -13,7 +13,9 @@ import os
 import pickle
 from typing import List
 
-from ..engine import Store
+from ..engine import LocalStorage
+from ..engine.interface import StorageTier
+from ..engine.settings import install
 from ..engine.verification import StoreVerification, verify_store
 from ..serialization import IncompatibleRecord, check_loadable, loads
 from . import output, targets
@@ -49,10 +51,10 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def deep_check(report: StoreVerification, advance) -> None:
+def deep_check(report: StoreVerification, advance, storage: StorageTier) -> None:
     """Load every live result and key as a hit would; a failure is reported as damage."""
     try:
-        for bucket, digest, record in Store(report.path).scan(with_values=True):
+        for bucket, digest, record in storage.open_store(report.path).scan(with_values=True):
             advance(1)
             where = f"result bucket {bucket} digest {digest.hex()}"
             try:
@@ -73,15 +75,18 @@ def deep_check(report: StoreVerification, advance) -> None:
         report.problem(f"reading results failed: {type(err).__name__}: {err}")
 
 
-def run(args) -> int:
+def run(args, storage: LocalStorage) -> int:
     root = targets.existing_folder(args.path) if args.path else targets.default_root()
-    leaves = targets.stores_under(root) if os.path.isdir(root) else []
+    leaves = targets.stores_under(root, storage) if os.path.isdir(root) else []
+    # verify_store reads through the process's environment pool and trust check, which
+    # follow the installed settings: those of this tier (what folders it may load).
+    install(storage.settings)
     reports: List[StoreVerification] = []
     with progress_bar("verifying", unit="records") as advance:
         for leaf in leaves:
             report = verify_store(leaf, progress=advance)
             if args.deep and not report.damaged and not report.vanished:
-                deep_check(report, advance)
+                deep_check(report, advance, storage)
             reports.append(report)
     damaged = [r for r in reports if r.damaged]
     if args.json:

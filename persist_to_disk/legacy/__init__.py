@@ -10,12 +10,13 @@ file is read and rewritten whole under the lock file ``<bucket>.pkl.lock`` (``lo
 
 * :func:`export_tree`: our stores to bucket files, merged into the ones already there.
 * :func:`import_tree`: bucket files to our stores, so that our decorator hits those entries.
-* :func:`find_imported`: the decorator's look-up of imported entries whose key it spells
-  differently (groupby values, ``Namespace`` arguments).
+
+The decorator's look-up of imported entries whose key it spells differently (groupby values,
+``Namespace`` arguments) is part of the core: :mod:`persist_to_disk.imported`, on which this
+package builds (never the reverse).
 """
 
 from .exporting import ExportReport, export_tree
 from .importing import ImportReport, import_tree
-from .lookup import find_imported
 
-__all__ = ["ExportReport", "ImportReport", "export_tree", "find_imported", "import_tree"]
+__all__ = ["ExportReport", "ImportReport", "export_tree", "import_tree"]

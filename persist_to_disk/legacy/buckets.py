@@ -23,11 +23,13 @@ import pickle
 import re
 import stat
 import tempfile
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from filelock import FileLock
 
-from ..engine import UntrustedFolderError, make_private_dirs, trust
+from ..engine import LocalStorage, UntrustedFolderError, make_private_dirs, trust
+from ..engine import settings as engine_settings
+from ..engine.interface import StorageTier
 
 HASH_METHODS = ("pickle", "json")
 BUCKET_FILE = re.compile(r"([0-9]+)\.pkl\Z")
@@ -41,6 +43,13 @@ KEY_HASH_PROTOCOL = 3       # what 0.0.7 hashes keys with (persister._hash)
 #: 0.0.7 gives up on a lock after 5 s, so we hold one only to read or write a file, and wait
 #: this long for one ourselves.
 LOCK_TIMEOUT_SECONDS = 120.0
+
+
+def local_storage(storage: Optional[StorageTier] = None) -> StorageTier:
+    """``storage``, or by default the local tier with the engine's installed settings (the
+    configured ones once the settings are loaded): where an import or export opens our
+    stores, through the tier's checks (local filesystem, trust, foreign folders)."""
+    return storage if storage is not None else LocalStorage(engine_settings.current())
 
 
 def _json_default(thing: Any) -> str:

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from filelock import Timeout
 
-from ..engine import Store, find_stores
+from ..engine.interface import CallStore, StorageTier
 from ..normalization import unescape_folder_name
 from . import buckets
 from .keys import NotRepresentable, check_exportable, to_legacy_key
@@ -51,7 +51,7 @@ class ExportReport:
         return sum(self.skipped.values())
 
 
-def _leaf_settings(store: Store, hashsize: Optional[int], hash_method: Optional[str],
+def _leaf_settings(store: CallStore, hashsize: Optional[int], hash_method: Optional[str],
                    default_hashsize: int) -> Tuple[int, str]:
     """The reader's settings: given ones, else what the decorator recorded with the store."""
     meta = store.read_meta()
@@ -59,7 +59,7 @@ def _leaf_settings(store: Store, hashsize: Optional[int], hash_method: Optional[
             hash_method or meta.get("hash_method") or "pickle")
 
 
-def _legacy_folder(store: Store, leaf: str, source: str, destination: str) -> str:
+def _legacy_folder(store: CallStore, leaf: str, source: str, destination: str) -> str:
     """Where 0.0.7 keeps the leaf: the same relative path, with the groupby folders (recorded by
     the decorator as ``leaf``) named by their values' text, as 0.0.7 names them (ours escape
     values that are a store's own file names: ``lock.mdb`` is our folder ``%lock.mdb``)."""
@@ -70,7 +70,7 @@ def _legacy_folder(store: Store, leaf: str, source: str, destination: str) -> st
     return os.path.normpath(os.path.join(destination, *parts))
 
 
-def _plan(store: Store, hashsize: int, hash_method: str, skipped: Counter,
+def _plan(store: CallStore, hashsize: int, hash_method: str, skipped: Counter,
           progress: Optional[Callable[[int], None]]) -> Dict[int, List[Tuple[int, bytes, tuple]]]:
     """Group the store's live entries by 0.0.7 bucket: ``{bucket: [(our bucket, digest,
     0.0.7 key)]}``. Only keys are read here; results are read bucket by bucket when written."""
@@ -140,7 +140,7 @@ def _unloadable(blob) -> Optional[str]:
     return None
 
 
-def _merge_bucket(store: Store, dest_leaf: str, bucket: int,
+def _merge_bucket(store: CallStore, dest_leaf: str, bucket: int,
                   entries: List[Tuple[int, bytes, tuple]], report: ExportReport,
                   skipped: Counter, sharing) -> None:
     values = {}
@@ -185,14 +185,15 @@ def _merge_bucket(store: Store, dest_leaf: str, bucket: int,
 def export_tree(source: str, destination: str, *, hashsize: Optional[int] = None,
                 hash_method: Optional[str] = None, default_hashsize: int = 500,
                 progress: Optional[Callable[[int], None]] = None,
-                sharing=None) -> ExportReport:
+                sharing=None, storage: Optional[StorageTier] = None) -> ExportReport:
     """Export every store under ``source`` into 0.0.7 bucket files under ``destination``.
 
     ``hashsize`` and ``hash_method`` must match the 0.0.7 reader's settings; by default each
     store's own (recorded by the decorator), else ``default_hashsize`` and ``'pickle'``.
     ``sharing``: whose bucket files already in ``destination`` may be loaded to merge into
     them (default: the configured ``shared`` level); a destination folder others could have
-    written raises ``UntrustedFolderError`` before its bucket files are touched.
+    written raises ``UntrustedFolderError`` before its bucket files are touched. ``storage``:
+    the tier whose stores are read (default: the local one, :func:`.buckets.local_storage`).
     """
     source, destination = os.path.abspath(source), os.path.abspath(destination)
     if os.path.commonpath([source, destination]) in (source, destination):
@@ -202,8 +203,9 @@ def export_tree(source: str, destination: str, *, hashsize: Optional[int] = None
         raise ValueError(f"hash_method must be 'pickle' or 'json', got {hash_method!r}")
     report = ExportReport(source, destination)
     skipped: Counter = Counter()
-    for leaf in find_stores(source):
-        store = Store(leaf)
+    storage = buckets.local_storage(storage)
+    for leaf in storage.find_stores(source):
+        store = storage.open_store(leaf)
         size, method = _leaf_settings(store, hashsize, hash_method, default_hashsize)
         dest_leaf = _legacy_folder(store, leaf, source, destination)
         buckets.check_bucket_folder(dest_leaf, destination, sharing)

@@ -1,7 +1,8 @@
 """Import 0.0.7 bucket files into our stores.
 
 Every folder under SRC holding ``<bucket>.pkl`` files becomes the store at the same relative path
-under DEST. Entries are stored under the digest described in :mod:`.lookup`, marked as imported,
+under DEST. Entries are stored under the digest described in :mod:`persist_to_disk.imported`,
+with their origin set to :data:`~persist_to_disk.imported.IMPORTED_ORIGIN` (marked as imported),
 with the bucket file's modification time as their creation time (0.0.7 recorded no compute
 time). Nothing already stored is replaced: an entry whose call is already in DEST is skipped,
 so importing twice is harmless. A bucket file that cannot be read (truncated, not a pickle, or a
@@ -26,13 +27,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from filelock import Timeout
 
-from ..engine import Durability, Record, RecordKind, Store, UntrustedFolderError
+from ..engine import Durability, Record, RecordKind, UntrustedFolderError
+from ..engine.interface import StorageTier
 from ..errors import UnkeyableArgumentError, UnpicklableResultError
+from ..imported import IMPORTED_ORIGIN, legacy_digest
 from ..keying import bucket_of
 from ..serialization import PYTHON_VERSION, dumps, dumps_key
 from . import buckets
 from .keys import is_legacy_key
-from .lookup import imported_serializer, legacy_digest
 
 SOURCE_NAME = "persist-to-disk 0.0.7"
 
@@ -57,10 +59,11 @@ class _LeafWriter:
     """Appends imported records to one store, holding the last one back so that it can be
     written with the durable setting (see the module docstring)."""
 
-    def __init__(self, leaf: str, durability: Durability, meta: dict) -> None:
-        self.durable = Store(leaf, durability)
+    def __init__(self, storage: StorageTier, leaf: str, durability: Durability,
+                 meta: dict) -> None:
+        self.durable = storage.open_store(leaf, durability)
         self.fresh = not self.durable.exists()
-        self.bulk = Store(leaf, Durability.FAST) if self.fresh else self.durable
+        self.bulk = storage.open_store(leaf, Durability.FAST) if self.fresh else self.durable
         self.meta = meta
         self.pending: Optional[Tuple[int, bytes, Record]] = None
 
@@ -125,8 +128,8 @@ def _import_file(writer: _LeafWriter, path: str, content: dict, hashsize: int,
         except UnpicklableResultError:
             skipped["result cannot be stored"] += 1
             continue
-        record = Record(RecordKind.VALUE, created, 0.0, imported_serializer(serializer),
-                        PYTHON_VERSION, dumps_key(key), blob)
+        record = Record(RecordKind.VALUE, created, 0.0, serializer, PYTHON_VERSION,
+                        dumps_key(key), blob, origin=IMPORTED_ORIGIN)
         writer.add(bucket, digest, record)
         report.imported += 1
 
@@ -134,28 +137,31 @@ def _import_file(writer: _LeafWriter, path: str, content: dict, hashsize: int,
 def import_tree(source: str, destination: str, *, hashsize: Optional[int] = None,
                 default_hashsize: int = 500, durability: Durability = Durability.STANDARD,
                 progress: Optional[Callable[[int], None]] = None,
-                sharing=None) -> ImportReport:
+                sharing=None, storage: Optional[StorageTier] = None) -> ImportReport:
     """Import every 0.0.7 leaf folder under ``source`` into stores under ``destination``.
 
     ``hashsize``: buckets of the stores written, which must be the decorator's (by default an
     existing store's own, else ``default_hashsize``, the configured one). ``sharing``: whose
     bucket files may be loaded (default: the configured ``shared`` level); an untrusted
-    folder raises ``UntrustedFolderError`` before anything is imported.
+    folder raises ``UntrustedFolderError`` before anything is imported. ``storage``: the tier
+    whose stores are written (default: the local one, :func:`.buckets.local_storage`).
     """
     source, destination = os.path.abspath(source), os.path.abspath(destination)
     _check_trees(source, destination)
     leaves = list(buckets.find_legacy_leaves(source))
     for leaf in leaves:
         buckets.check_bucket_folder(leaf, source, sharing)
+    storage = buckets.local_storage(storage)
     report = ImportReport(source, destination)
     skipped: Counter = Counter()
     for leaf in leaves:
         dest_leaf = os.path.normpath(os.path.join(destination, os.path.relpath(leaf, source)))
-        existing = Store(dest_leaf).read_meta() if Store(dest_leaf).exists() else {}
+        store = storage.open_store(dest_leaf, durability)
+        existing = store.read_meta() if store.exists() else {}
         size = hashsize or int(existing.get("hashsize") or default_hashsize)
         meta = {"function": None, "hashsize": size, "hash_method": None, "groupby": None,
                 "leaf": None, "imported_from": SOURCE_NAME, "source": leaf}
-        writer = _LeafWriter(dest_leaf, durability, meta)
+        writer = _LeafWriter(storage, dest_leaf, durability, meta)
         try:
             for bucket, path in buckets.bucket_files(leaf):
                 try:

@@ -8,39 +8,14 @@ expanding dicts, so only top-level values are converted. We keep the Namespace i
 
 0.0.7 keeps the key tuple as a dict key, so it must be hashable; and it cannot call functions
 with ``*args``, which we key under a ``"*name"`` entry.
+
+:func:`to_legacy_key` lives in the core (:mod:`persist_to_disk.imported`), whose look-up of
+imported entries needs it too; legacy builds on the core, never the reverse.
 """
 
-import argparse
-import json
-from typing import Tuple
+from ..imported import NotRepresentable, to_legacy_key
 
-
-class NotRepresentable(Exception):
-    """A key 0.0.7 cannot hold; ``reason`` is a short label for counting, the message says
-    which argument and why."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def to_legacy_key(key: tuple) -> Tuple[tuple, bool]:
-    """``(0.0.7's key tuple, whether it differs from ours)``; raises :class:`NotRepresentable`
-    for a Namespace that JSON cannot hold (0.0.7 would have raised on that call)."""
-    changed = False
-    converted = []
-    for name, value in key:
-        if isinstance(value, argparse.Namespace):
-            try:
-                value = json.dumps(vars(value))
-            except (TypeError, ValueError) as err:
-                raise NotRepresentable(
-                    "Namespace not JSON",
-                    f"argument {name!r} is an argparse.Namespace that JSON cannot hold ({err})"
-                ) from None
-            changed = True
-        converted.append((name, value))
-    return (tuple(converted) if changed else key), changed
+__all__ = ["NotRepresentable", "check_exportable", "is_legacy_key", "to_legacy_key"]
 
 
 def check_exportable(key: tuple) -> None:
