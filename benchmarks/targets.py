@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 from .adapters import OURS, OURS_FAST
-from .measurements import Results
+from .measurements import Results, Summary
 from .scenarios.growth import size_label
+from .scenarios.remote import MACHINES, PROCESSES, VALUES
 from .settings import Settings
 
 DISKCACHE, ORIGINAL = "diskcache", "persist-to-disk-0.0.7"
@@ -78,6 +79,7 @@ def evaluate(results: Results, settings: Settings) -> List[Target]:
         if standard is not None:
             store.detail += f"; standard setting: {standard:.0f} MB/s"
         targets.append(store)
+    targets += _remote_targets(results)
     return targets
 
 
@@ -129,3 +131,78 @@ def _every_size(results: Results, settings: Settings) -> Target:
     if status == "met" and any("not measured" in p for p in parts):
         status = "met where measured"
     return Target(text, status or "not measured", "; ".join(parts))
+
+
+# --- issue 12: the shared tier (scenario "remote") ----------------------------------------------
+
+#: a local hit with a remote configured is "unchanged" if, over passes that alternate it with
+#: the local-only hit of the same calls in one process, the median ratio is at most 1 + this
+HIT_NOISE = 0.10
+
+
+def _remote_targets(results: Results) -> List[Target]:
+    found: List[Target] = []
+    for kind, label in VALUES.items():
+        where = {"kind": kind}
+        found.append(_unchanged(results, f"Shared tier: local hit ({label}) with a remote "
+                                         "configured unchanged within noise", where))
+        found.append(_within_floor(results, f"Shared tier: remote hit ({label}) within 1.5× of "
+                                            "a bare boto3 get_object", "remote_hit_ms",
+                                   "get_object_ms", 1.5, where))
+    found.append(_compute_once(results))
+    return found
+
+
+def _unchanged(results: Results, text: str, params: dict) -> Target:
+    """Met if the median of the paired ratios (local hit with a remote configured / local-only
+    hit, passes alternating in one process: the machine's load falls on both alike) is at most
+    ``1 + HIT_NOISE``: a hit must cost what it cost before the shared tier."""
+    ratio = results.outcome("remote", OURS, "local_hit_ratio", params)
+    mine = results.median("remote", OURS, "local_hit_us", params)
+    base = results.median("remote", OURS, "local_only_hit_us", params)
+    if not isinstance(ratio, Summary) or mine is None or base is None:
+        return Target(text, "not measured",
+                      _why_missing(results, "remote", OURS, "local_hit_ratio", params))
+    return Target(text, "met" if ratio.median <= 1 + HIT_NOISE else "NOT met",
+                  f"{mine:.2f} µs vs {base:.2f} µs local-only; paired ratio {ratio.median:.2f}× "
+                  f"(from {ratio.low:.2f} to {ratio.high:.2f} over {ratio.runs} pairs; allowed "
+                  f"≤ {1 + HIT_NOISE:.2f}×)")
+
+
+def _within_floor(results: Results, text: str, metric: str, floor: str, factor: float,
+                  params: dict) -> Target:
+    """Met if our ``metric`` is at most ``factor`` times the ``floor`` metric measured in the
+    same process against the same server; the fast setting's figures are shown beside."""
+    mine = results.median("remote", OURS, metric, params)
+    best = results.median("remote", OURS, floor, params)
+    if mine is None or best is None:
+        return Target(text, "not measured", _why_missing(
+            results, "remote", OURS, metric if mine is None else floor, params))
+    worse = mine / best
+    detail = (f"{mine:.2f} ms vs {best:.2f} ms: {worse:.2f}× the floor "
+              f"(allowed ≤ {factor:g}×)")
+    fast = results.median("remote", OURS_FAST, metric, params)
+    fast_floor = results.median("remote", OURS_FAST, floor, params)
+    if fast is not None and fast_floor is not None:
+        detail += (f"; fast setting: {fast:.2f} ms vs {fast_floor:.2f} ms "
+                   f"({fast / fast_floor:.2f}×)")
+    return Target(text, "met" if worse <= factor else "NOT met", detail)
+
+
+def _compute_once(results: Results) -> Target:
+    text = (f"Shared tier: compute-once, {MACHINES} machines × {PROCESSES} processes, "
+            "0 extra computations")
+    parts: List[str] = []
+    extra = 0.0
+    for library in (OURS, OURS_FAST):
+        total = results.median("remote", library, "extra_computations_total")
+        if total is None:
+            if library == OURS:
+                return Target(text, "not measured", _why_missing(
+                    results, "remote", OURS, "extra_computations_total"))
+            continue
+        found = results.outcome("remote", library, "extra_computations")
+        runs = found.runs if isinstance(found, Summary) else 0
+        parts.append(f"{library}: {total:.0f} extra over {runs} repetition(s)")
+        extra += total
+    return Target(text, "met" if extra == 0 else "NOT met", "; ".join(parts))

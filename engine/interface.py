@@ -64,9 +64,12 @@ class CallStore(Protocol):
 
     def append_value(self, bucket: int, digest: bytes, write_value: Callable[[BinaryIO], str],
                      *, created: float, compute_seconds: float, python_version: str,
-                     key_blob: bytes, meta: Optional[dict] = None, origin: str = "") -> int:
+                     key_blob: bytes, meta: Optional[dict] = None, origin: str = "",
+                     replace: bool = False) -> int:
         """Append a value record whose value ``write_value(file)`` writes (returning the
-        serializer's name); return its sequence. ``meta`` is written with the first record."""
+        serializer's name); return its sequence. ``meta`` is written with the first record.
+        ``replace``: the result replaces the one a shared tier holds for the call (RECACHE)
+        instead of yielding to it (first writer wins); a local store has nothing to replace."""
 
     def append(self, bucket: int, digest: bytes, record: Record,
                meta: Optional[dict] = None) -> int:
@@ -103,10 +106,17 @@ class StorageTier(Protocol):
     """Where stores live: opens them, and walks them."""
 
     def open_store(self, leaf: str, durability: Durability = Durability.STANDARD, *,
-                   lock_root: Optional[str] = None) -> CallStore:
+                   lock_root: Optional[str] = None, meta: Optional[dict] = None) -> CallStore:
         """The store of the leaf folder ``leaf``, checked (see the module docstring) but not
-        created; ``lock_root`` is the folder whose lock serialises the ``global`` scope."""
+        created; ``lock_root`` is the folder whose lock serialises the ``global`` scope (and,
+        on a shared tier, the folder the leaf's remote name is relative to); ``meta`` is the
+        store's description, written with its first record when an append brings none."""
 
     def find_stores(self, root: str) -> Iterator[str]:
         """Every leaf under ``root`` (itself included) that holds a store, in sorted order,
         including leaves below a folder that is itself a store."""
+
+    def clear_tree(self, root: str, *, lock_root: Optional[str] = None) -> int:
+        """Remove every result under ``root`` (itself included), on every tier the storage
+        has (a shared tier's leaves this machine never opened included); return how many
+        calls were live."""

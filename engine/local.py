@@ -37,13 +37,14 @@ class LocalStorage:
         self._pool = pool
 
     def open_store(self, leaf: str, durability: Durability = Durability.STANDARD, *,
-                   lock_root: Optional[str] = None) -> Store:
+                   lock_root: Optional[str] = None, meta: Optional[dict] = None) -> Store:
         """The store of the leaf folder ``leaf``, checked but not created (see the module
         docstring): :class:`~.errors.UnsafeFilesystemError` on a network filesystem,
         :class:`~.errors.UntrustedFolderError` for a folder others could write,
         :class:`~.errors.ForeignFolderError` for a path that is a file, or a folder without a
         store that the settings' ``foreign_folder`` check refuses. ``lock_root``: the folder
-        whose lock serialises the ``global`` compute-lock scope (the project)."""
+        whose lock serialises the ``global`` compute-lock scope (the project); ``meta``: the
+        store's description, written with its first record when an append brings none."""
         install(self.settings)
         leaf = os.path.abspath(leaf)
         try:
@@ -60,12 +61,18 @@ class LocalStorage:
         except OSError as err:
             raise storage_io_error(leaf, err, "open") from err
         return Store(leaf, durability, pool=self._pool, settings=self.settings,
-                     lock_root=lock_root)
+                     lock_root=lock_root, meta=meta)
 
     def find_stores(self, root: str) -> Iterator[str]:
         """Every leaf under ``root`` (itself included) that holds a store, in sorted order,
         including leaves below a folder that is itself a store."""
         return generations.find_stores(root)
+
+    def clear_tree(self, root: str, *, lock_root: Optional[str] = None) -> int:
+        """Remove every record of every store under ``root`` (itself included); return how
+        many calls were live."""
+        return sum(self.open_store(leaf, lock_root=lock_root).clear()
+                   for leaf in self.find_stores(root))
 
     def compact(self, leaf: str, policy: Optional[compaction.CompactionPolicy] = None, *,
                 dry_run: bool = False, progress: Optional[Callable[[int], None]] = None,

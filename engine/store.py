@@ -62,8 +62,11 @@ class Store:
 
     def __init__(self, path: str, durability: Durability = Durability.STANDARD,
                  pool: EnvironmentPool = POOL, settings: Optional[EngineSettings] = None,
-                 lock_root: Optional[str] = None) -> None:
+                 lock_root: Optional[str] = None, meta: Optional[dict] = None) -> None:
         self.path = os.path.abspath(path)
+        #: The description written with the first record when an append passes none (records
+        #: a shared tier fetches into an empty store carry no description of their own).
+        self.meta = meta
         self.durability = Durability.parse(durability)
         self.settings = settings  # as opened by LocalStorage (None: built directly)
         self.lock_root = lock_root
@@ -245,10 +248,12 @@ class Store:
 
     def append_value(self, bucket: int, digest: bytes, write_value: Callable[[BinaryIO], str],
                      *, created: float, compute_seconds: float, python_version: str,
-                     key_blob: bytes, meta: Optional[dict] = None, origin: str = "") -> int:
+                     key_blob: bytes, meta: Optional[dict] = None, origin: str = "",
+                     replace: bool = False) -> int:
         """Append a value record whose value ``write_value(file)`` writes (returning the
         serializer's name) straight into the record's buffer; return its sequence.
-        ``origin``: see ``Record.origin``.
+        ``origin``: see ``Record.origin``. ``replace`` concerns a shared tier only (see the
+        interface): a local append always makes the newest version.
 
         For results of any size: the value is held once more than the caller holds it, plus
         LMDB's own copy while it writes (see :func:`records.build_record`). Whatever
@@ -287,6 +292,8 @@ class Store:
              ) -> Optional[int]:
         """Append ``payload`` under the call's next sequence; with ``condition(txn, newest
         key or None)`` only if it holds (None is returned otherwise)."""
+        if meta is None:
+            meta = self.meta
         def put(txn):
             newest = _newest_key(txn, prefix)
             if condition is not None and not condition(txn, newest):

@@ -83,7 +83,6 @@ class PersistedFunction:
         _INSTANCES.add(self)
         self._version = None
         self._leaves: Dict[Tuple[str, ...], CallStore] = {}
-        self._metas: Dict[str, dict] = {}
         self._warned: set = set()
         self.folder = ""
         self.project_root = ""
@@ -114,7 +113,6 @@ class PersistedFunction:
             self.scope = options.lock_granularity or config.get_lock_granularity()
             self.durability = options.durability or config.get_durability()
             self._leaves = {}
-            self._metas = {}
             self._version = version
 
     def store_for(self, group_values: Tuple[Any, ...]) -> CallStore:
@@ -129,24 +127,23 @@ class PersistedFunction:
         names = group_folder_names(groupby, group_values) if groupby else ()
         store = self._leaves.get(names)
         if store is None:
-            store = self.config.storage().open_store(leaf_folder(self.folder, groupby, names),
-                                                     self.durability, lock_root=self.project_root)
+            leaf = leaf_folder(self.folder, groupby, names)
+            store = self.config.storage(self.options.remote).open_store(
+                leaf, self.durability, lock_root=self.project_root, meta=self._describe(leaf))
             self._leaves[names] = store
         return store
 
-    def _meta(self, store: CallStore) -> dict:
-        """The store's description (written with its first record); built once per store,
-        since ``relpath`` alone costs several µs on every miss."""
-        meta = self._metas.get(store.path)
-        if meta is None:
-            meta = self._metas[store.path] = self._describe(store)
-        return meta
-
-    def _describe(self, store: CallStore) -> dict:
-        return {"function": self.name, "hashsize": self.hashsize,
+    def _describe(self, leaf: str) -> dict:
+        """The description of a leaf's store, written with its first record (the store is
+        given it when opened: a record fetched from a shared tier brings none). Built once
+        per leaf, since ``relpath`` alone costs several µs."""
+        meta = {"function": self.name, "hashsize": self.hashsize,
                 "hash_method": self.options.hash_method,
                 "groupby": [list(s) if isinstance(s, tuple) else s for s in self.options.groupby],
-                "leaf": os.path.relpath(store.path, self.folder)}
+                "leaf": os.path.relpath(os.path.abspath(leaf), self.folder)}
+        if not self.options.remote:  # `ptd remote push` leaves its stores alone
+            meta["remote"] = False
+        return meta
 
     # --- the call -------------------------------------------------------------------------
     def locate(self, args: tuple, kwargs: dict) -> CallPlace:
@@ -296,7 +293,7 @@ class PersistedFunction:
             started = time.perf_counter()
             value = self.func(*args, **kwargs)
             elapsed = time.perf_counter() - started
-            self._save(place, value, elapsed)
+            self._save(place, value, elapsed, replace=mode == RECACHE)
             return value
         finally:
             lock.release()
@@ -324,9 +321,11 @@ class PersistedFunction:
         self._save(place, value, record.compute_seconds)
         return True, value
 
-    def _save(self, place: CallPlace, value: Any, compute_seconds: float) -> None:
+    def _save(self, place: CallPlace, value: Any, compute_seconds: float,
+              replace: bool = False) -> None:
         """Store a computed result; never raise for what only costs caching (the caller returns
-        the result whatever happens here).
+        the result whatever happens here). ``replace`` (RECACHE): a shared tier replaces the
+        result it holds instead of keeping the first one.
 
         The result is pickled straight into the record's buffer (one copy of it besides the
         object, plus LMDB's while it writes). A result that neither pickle nor cloudpickle can
@@ -339,7 +338,7 @@ class PersistedFunction:
                                lambda out: dump_into(out, value, what),
                                created=time.time(), compute_seconds=compute_seconds,
                                python_version=PYTHON_VERSION, key_blob=dumps_key(place.key),
-                               meta=self._meta(store))
+                               replace=replace)
         except UnpicklableResultError as err:
             result_type = type(value)
             self._warn_once("", "unpicklable",
@@ -377,8 +376,9 @@ class PersistedFunction:
         as after a function's ``groupby`` changed."""
         if self._version != self.config.version:
             self.resolve()
-        storage, durability, root = self.config.storage(), self.durability, self.project_root
-        return [storage.open_store(leaf, durability, lock_root=root)
+        storage = self.config.storage(self.options.remote)
+        durability, root = self.durability, self.project_root
+        return [storage.open_store(leaf, durability, lock_root=root, meta=self._describe(leaf))
                 for leaf in storage.find_stores(self.folder)]
 
     def info(self) -> dict:
@@ -389,7 +389,12 @@ class PersistedFunction:
                 "file_bytes": sum(s.file_bytes for s in stats)}
 
     def clear(self) -> int:
-        return sum(store.clear() for store in self.stores())
+        """Remove every stored result of the function, in every leaf and on every tier (a
+        shared tier's objects included: else the next call would fetch them back)."""
+        if self._version != self.config.version:
+            self.resolve()
+        return self.config.storage(self.options.remote).clear_tree(
+            self.folder, lock_root=self.project_root)
 
     def is_cached(self, args: tuple, kwargs: dict) -> bool:
         """Whether a result is stored (by its record's header; the value is neither copied nor

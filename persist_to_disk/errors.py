@@ -42,9 +42,13 @@ class PersistWarning(UserWarning):
     """Something went wrong with the cache but the call still returned its computed result."""
 
 
-#: Frames in these folders are this package's (the API layer and its engine), not the user's.
+#: Frames in these folders are this package's (the API layer, its engine and the shared tier
+#: beside the engine, which is not imported here: it loads only when a remote is configured),
+#: not the user's.
 _OWN_FOLDERS = tuple(os.path.dirname(os.path.abspath(module.__file__)) + os.sep
-                     for module in (sys.modules[__name__], _engine))
+                     for module in (sys.modules[__name__], _engine)) + (
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_engine.__file__))),
+                 "remote") + os.sep,)
 
 
 def user_stacklevel() -> int:

@@ -171,6 +171,10 @@ class PersistOptions:
         Optional[float], None, _seconds,
         "seconds to wait for another process computing the same call before computing anyway "
         "(the result is still stored); ``None`` waits.")
+    remote: bool = option(
+        bool, True, _flag,
+        "``False`` keeps this function's results on this machine even when a shared cache "
+        "(``remote = s3://...``) is configured.")
 
 
 #: The option fields, in ``persistf``'s order.

@@ -46,6 +46,8 @@ from .engine import settings as engine_settings
 from .errors import ConfigError, PersistWarning
 from .imported import legacy_buckets_message
 from .projects import check_project_path, check_settings_folder, project_id, read_settings_file
+from .remote_config import DEFAULTS as REMOTE_DEFAULTS
+from .remote_config import check_namespace, parse_remote_values, remote_settings
 
 SETTINGS_ENV = "PERSIST_TO_DISK_HOME"
 SECTION = "global_settings"
@@ -70,7 +72,11 @@ WORDING = Wording(
     list_stores="`ptd ls` lists the stores",
     persist_path="persist_path",
     set_persist_path=(", with persist_to_disk.config.set_persist_path(...) or persist_path in "
-                      "config.ini"),
+                      "config.ini. To share results between machines, keep this cache on "
+                      "node-local disk and set `remote = s3://BUCKET/PREFIX` in config.ini "
+                      "(or PERSIST_TO_DISK_REMOTE): a shared cache on S3-compatible storage "
+                      "that every machine fills and reads (README: \"Sharing a cache between "
+                      "machines\")"),
     share_setting="shared",
     share=("through `shared = {level}` in config.ini, the environment variable "
            "PERSIST_TO_DISK_SHARED={level}, or persist_to_disk.config.set_shared('{level}')"),
@@ -185,7 +191,7 @@ class Config:
         self._project_roots: Dict[tuple, str] = {}
         self._exported: Dict[str, str] = {}
         # (version and PERSIST_TO_DISK_INITIAL_MAP_SIZE it was built for, the tier)
-        self._storage: Optional[Tuple[Tuple[int, Optional[str]], LocalStorage]] = None
+        self._storage: Optional[Tuple[Tuple[int, Optional[str]], LocalStorage, Any]] = None
         self.version = 0
 
     @staticmethod
@@ -210,7 +216,7 @@ class Config:
                 "hashsize": str(DEFAULT_HASHSIZE),
                 "lock_granularity": DEFAULT_LOCK_GRANULARITY,
                 "durability": DEFAULT_DURABILITY,
-                "shared": DEFAULT_SHARED}
+                "shared": DEFAULT_SHARED, **REMOTE_DEFAULTS}
 
     def _ensure_loaded(self) -> None:
         if self._loaded:
@@ -267,6 +273,7 @@ class Config:
                     settings[key] = parse(values[key])
                 except ValueError as err:
                     raise ConfigError(f"{source[key]}: {err}") from None
+            settings.update(parse_remote_values(values, source))
             # settings made in code before the first load win over the file
             settings.update(self._settings)
             self._settings = settings
@@ -319,6 +326,14 @@ class Config:
             "durability": self._settings["durability"].value,
             "shared": self._settings["shared"].value,
         }
+        for key in REMOTE_DEFAULTS:  # written only when set, so older versions read the file
+            value = self._settings[key]
+            if key == "remote_unsigned":
+                value = "yes" if value else ""
+            elif key in ("remote_lease_seconds", "remote_timeout"):
+                value = f"{value:g}" if value != float(REMOTE_DEFAULTS[key]) else ""
+            if value:
+                parser[SECTION][key] = str(value)
         folder, path = settings_folder(), self.config_path
         text = _written(parser, path)
         try:
@@ -373,17 +388,61 @@ class Config:
                               foreign_folder=legacy_buckets_message,
                               wording=WORDING)
 
-    def storage(self) -> LocalStorage:
-        """The storage tier stores are opened from, built from :meth:`engine_settings` and
-        kept until the settings change (``version``) or the initial map size variable does."""
+    def storage(self, remote: bool = True):
+        """The storage tier stores are opened from, built from :meth:`engine_settings` (and,
+        with ``remote`` set in the settings, :meth:`remote_settings`: the shared tier with the
+        local one in front) and kept until the settings change (``version``) or the initial
+        map size variable does. ``remote=False``: the local tier alone
+        (``persistf(remote=False)``)."""
         key = (self.version, os.environ.get(INITIAL_MAP_SIZE_VARIABLE))
         built = self._storage
-        if built is not None and built[0] == key:
+        if built is None or built[0] != key:
+            with self._lock:
+                built = self._storage = (key, LocalStorage(self.engine_settings()), None)
+        if not remote:
             return built[1]
-        with self._lock:
-            storage = LocalStorage(self.engine_settings())
-            self._storage = (key, storage)
-        return storage
+        if built[2] is None:  # the shared tier, or the local one when no remote is set
+            with self._lock:
+                settings = self.remote_settings()  # (a ConfigError names what to fix)
+                if settings is None:
+                    tier = built[1]
+                else:
+                    from .remote import SharedStorage
+                    tier = SharedStorage(built[1], settings)
+                if self._storage is not None and self._storage[0] == key:
+                    self._storage = built = (key, built[1], tier)
+                else:
+                    built = (key, built[1], tier)
+        return built[2]
+
+    def remote_settings(self):
+        """The shared tier's settings (``remote_config.py``), or None without ``remote``."""
+        self._ensure_loaded()
+        return remote_settings(self._settings, self._project_path, settings_folder())
+
+    def set_remote(self, url: Optional[str]) -> str:
+        """Share results through S3-compatible storage at ``s3://BUCKET/PREFIX`` (endpoint
+        and credentials from boto3's settings: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``...);
+        ``None`` or ``""`` keeps caches on this machine only."""
+        values = {**REMOTE_DEFAULTS, "remote": url or ""}
+        parsed = parse_remote_values(values, {key: "set_remote" for key in values})
+        return self._set("remote", parsed["remote"])
+
+    def set_remote_namespace(self, namespace: str) -> str:
+        """The name results are shared under (default: the project folder's name)."""
+        return self._set("remote_namespace",
+                         check_namespace(str(namespace).strip(), "set_remote_namespace"))
+
+    def set_remote_lock(self, url: Optional[str]) -> str:
+        """``redis://HOST:PORT`` (or ``redis+cluster://``): leases and wake-ups through
+        Redis/Valkey instead of the bucket; ``None`` or ``""``: the bucket."""
+        values = {**REMOTE_DEFAULTS, "remote_lock": url or ""}
+        parsed = parse_remote_values(values, {key: "set_remote_lock" for key in values})
+        return self._set("remote_lock", parsed["remote_lock"])
+
+    def get_remote(self) -> str:
+        self._ensure_loaded()
+        return self._settings["remote"]
 
     def set_persist_path(self, path: str) -> str:
         """Where caches are stored (applies to every later call)."""

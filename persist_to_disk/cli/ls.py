@@ -5,7 +5,7 @@ import argparse
 import os
 
 from ..engine.interface import StorageTier
-from . import output, targets
+from . import output, remote, targets
 from .exit_codes import FAILURE, OK
 from .progress import progress_bar
 from .units import format_bytes, format_time, iso_time
@@ -15,6 +15,7 @@ examples:
   ptd ls                              every cache under the configured persist path
   ptd ls ~/.persist_to_disk/cache/myproject-1
   ptd ls --json | jq '.[] | select(.entries > 1000) | .path'
+  ptd ls --remote                     what the shared cache holds for this project, by leaf
 """
 
 
@@ -31,6 +32,10 @@ def add_parser(commands) -> None:
                              "configured persist path)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list of objects instead of a table")
+    parser.add_argument("--remote", action="store_true",
+                        help="list the shared cache (the setting `remote`) of the project in "
+                             "the working folder instead: objects, bytes and newest upload of "
+                             "each leaf (PATH: a leaf path prefix as listed)")
     parser.set_defaults(run=run)
 
 
@@ -48,6 +53,8 @@ def _row(leaf: targets.Leaf, storage: StorageTier) -> dict:
 
 
 def run(args, storage: StorageTier) -> int:
+    if args.remote:
+        return remote.list_remote(args, storage)
     root = targets.existing_folder(args.path) if args.path else targets.default_root()
     leaves = ([targets.describe(leaf, root, storage)
                for leaf in targets.stores_under(root, storage)]
