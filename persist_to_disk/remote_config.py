@@ -67,7 +67,8 @@ def parse_remote_values(values: Dict[str, str], source: Dict[str, str]) -> Dict[
         check_namespace(namespace, source["remote_namespace"])
     parsed["remote_namespace"] = namespace
     lock = values["remote_lock"].strip()
-    if lock and not lock.lower().startswith(("redis://", "rediss://", "redis+cluster://")):
+    if lock and not lock.lower().startswith(("redis://", "rediss://", "redis+cluster://",
+                                             "rediss+cluster://")):
         raise ConfigError(f"{source['remote_lock']}: {lock!r} is not a redis:// URL (write it "
                           "as redis://HOST:PORT, or redis+cluster://HOST:PORT for a cluster).")
     parsed["remote_lock"] = lock
