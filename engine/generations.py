@@ -352,7 +352,11 @@ def open_generation(leaf: str, durability: Durability
                         f"{wording().verify_command(leaf)}, or move the folder aside to start "
                         "that cache afresh.")
                 traces = store_traces(leaf)
-                if traces:
+                # Looked at again: a process creating the store makes data.mdb, then lock.mdb,
+                # so a store created between the two looks leaves traces and a data file.
+                # Taken for a lost file, it cost the first write of that process its result
+                # (the call stored nothing and was computed again by the next process).
+                if traces and not os.path.isfile(os.path.join(folder, DATA_FILE)):
                     raise CorruptStoreError(
                         f"The cache store in {leaf} lost its data file: "
                         f"{os.path.join(leaf, DATA_FILE)} is missing, but {', '.join(traces)} "

@@ -842,3 +842,39 @@ def test_a_garbage_CURRENT_is_a_corrupt_store_error_and_ptd_verify_exits_1(
     code = main(["verify", str(leaf)])
     out, err = capsys.readouterr()
     assert code == 1 and f"DAMAGED  {leaf}" in out and "Traceback" not in out + err
+
+
+def test_a_store_another_process_creates_between_two_looks_is_opened_not_called_lost(
+        tmp_path, monkeypatch):
+    """Creating a store makes ``data.mdb``, then LMDB's lock file. A process that looked for
+    the data file just before another process created the store, and for the lock file just
+    after, must open that store, not report that it lost its data file: that report made the
+    process's first write fail, so one call of many processes creating a cache at once was
+    stored by nobody and computed twice."""
+    from persist_to_disk.engine import Store, generations
+
+    leaf = tmp_path / "leaf"
+    create_elsewhere = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from engine_workers import digest_for, record_for
+        from persist_to_disk.engine import Store
+        Store({str(leaf)!r}).append(0, digest_for("theirs"), record_for("theirs"))
+    """)
+    real_traces = generations.store_traces
+    created = []
+
+    def traces_after_another_process_created_the_store(path):
+        if not created:  # between this process's two looks, another creates the store
+            created.append(subprocess.run([sys.executable, "-c", create_elsewhere],
+                                          capture_output=True, text=True, timeout=120))
+        return real_traces(path)
+
+    monkeypatch.setattr(generations, "store_traces",
+                        traces_after_another_process_created_the_store)
+    store = Store(leaf)
+    store.append(0, digest_for("ours"), record_for("ours"))
+
+    assert created and created[0].returncode == 0, created and created[0].stderr
+    assert store.latest(0, digest_for("ours")).value_blob == record_for("ours").value_blob
+    assert store.latest(0, digest_for("theirs")).value_blob == record_for("theirs").value_blob
