@@ -19,6 +19,8 @@ import uuid
 
 import pytest
 
+from test_engine import wait_for_child
+
 from persist_to_disk.engine.locks import Timeout
 from persist_to_disk.remote import redis_leases
 from persist_to_disk.remote.client import RemoteUnavailable
@@ -397,17 +399,7 @@ def test_a_forked_child_neither_renews_nor_deletes_its_parents_lease(valkey_serv
             code = 0 if value is not None and json.loads(value)["pid"] != os.getpid() else 2
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError("the forked child did not finish")
-        time.sleep(0.02)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_for_child(pid, 30) == 0
     time.sleep(2 * ttl)  # still renewed by the parent, and the parent's client still works
     assert json.loads(raw_client(valkey_server.url).get(key))["pid"] == os.getpid()
     lease.release()

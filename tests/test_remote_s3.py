@@ -29,6 +29,8 @@ import time
 
 import pytest
 
+from test_engine import wait_for_child
+
 from persist_to_disk.engine import Record, RecordKind, Store
 from persist_to_disk.engine.locks import Timeout
 from persist_to_disk.remote.objects import (MAGIC_SIGNED, MAGIC_UNSIGNED, ObjectRejected,
@@ -487,18 +489,6 @@ def test_a_missing_bucket_and_refused_credentials_are_remote_unavailable_saying_
     assert raised.value.status == 403 and s3_env.endpoint in str(raised.value)
 
 
-def _wait_child(pid: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"the child {pid} did not finish within {timeout} s")
-
-
 def test_a_forked_child_makes_its_own_boto3_client_and_both_keep_working(s3):
     client, prefix = s3
     client.put(f"{prefix}/before", b"parent")
@@ -512,7 +502,7 @@ def test_a_forked_child_makes_its_own_boto3_client_and_both_keep_working(s3):
             os._exit(0 if ok else 1)
         except BaseException:
             os._exit(2)
-    assert _wait_child(pid, 60) == 0
+    assert wait_for_child(pid, 60) == 0
     assert client._boto is parents and client.get_bytes(f"{prefix}/child")[0] == b"child"
 
 
@@ -752,7 +742,7 @@ def test_a_forked_child_never_renews_or_deletes_its_parents_lease(s3):
             os._exit(0)
         except BaseException:
             os._exit(1)
-    assert _wait_child(pid, 60) == 0
+    assert wait_for_child(pid, 60) == 0
     still = client.head(name + ".lease")
     assert still is not None and still.etag != first.etag  # the parent kept renewing it
     held.release()

@@ -14,6 +14,7 @@ import pytest
 import persist_to_disk as ptd
 from persist_to_disk.errors import ConfigError, PersistWarning
 from shared_machines import SECRET, Machine, computations
+from test_engine import wait_for_child
 
 
 @pytest.fixture
@@ -289,17 +290,7 @@ def test_a_fork_while_another_thread_sets_up_the_remote_never_hangs_the_child(sh
         finally:
             os._exit(code)
     thread.join(timeout=60)
-    deadline = time.monotonic() + 90
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            raise AssertionError("the forked child hung")
-        time.sleep(0.05)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert wait_for_child(pid, 90) == 0
 
 
 def test_a_lock_service_that_is_down_costs_compute_once_never_the_sharing(tmp_path, s3_env):
