@@ -99,6 +99,19 @@ class PendingUploads:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
 
+    def any(self) -> bool:
+        """Whether any upload is owed (without reading the entries: asked after every
+        successful upload that may retry them)."""
+        if self._memory:
+            return True
+        if self.folder is None:
+            return False
+        try:
+            with os.scandir(self.folder) as found:
+                return any(entry.name.endswith(".json") for entry in found)
+        except OSError:
+            return False
+
     def count(self) -> int:
         return sum(1 for _ in self.entries())
 

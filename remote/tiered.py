@@ -290,8 +290,7 @@ class SharedStorage:
         if now - self._last_pending_retry < _RETRY_PENDING_EVERY:
             return
         self._last_pending_retry = now
-        if self.pending.folder is not None and not _has_entries(self.pending.folder) \
-                and not self.pending._memory:
+        if not self.pending.any():
             return
         thread = threading.Thread(target=self._retry_pending_quietly,
                                   name="ptd-remote-pending", daemon=True)
@@ -457,14 +456,6 @@ _OBJECT_ERRORS = frozenset({"KeyTooLongError", "EntityTooLarge", "InvalidObjectN
 def _refused_for_this_object(err: BaseException) -> bool:
     return (getattr(err, "code", "") in _OBJECT_ERRORS
             or getattr(err, "status", None) in (400, 411, 413, 414))
-
-
-def _has_entries(folder: str) -> bool:
-    try:
-        with os.scandir(folder) as entries:
-            return any(entry.name.endswith(".json") for entry in entries)
-    except OSError:
-        return False
 
 
 def _redact(url: str) -> str:
