@@ -29,7 +29,7 @@ from .keys import DIGEST_SIZE, MAX_BUCKET
 from .local import LocalStorage
 from .locks import LockScope, Timeout, compute_lock, lock_place, scope_lock
 from .pool import POOL, EnvironmentPool
-from .records import DamagedRecordError, Record, RecordKind
+from .records import CodeVersionStats, DamagedRecordError, Record, RecordKind
 from .settings import EngineSettings, Wording
 from .sharing import Sharing
 from .store import Store, StoreStats
@@ -37,7 +37,8 @@ from .trust import TrustPolicy, check_trusted
 from .verification import StoreVerification, verify_store
 
 __all__ = [
-    "CallStore", "CompactionFailedError", "CompactionPolicy", "CompactionReport", "ComputeLock",
+    "CallStore", "CodeVersionStats", "CompactionFailedError", "CompactionPolicy",
+    "CompactionReport", "ComputeLock",
     "CorruptStoreError", "DIGEST_SIZE", "DamagedRecordError", "Durability", "EngineError",
     "EngineSettings", "EnvironmentPool", "FREE_NAME_MARK", "ForeignFolderError", "LocalStorage",
     "LockScope", "MAX_BUCKET", "NoStoreError", "POOL", "PersistError", "Record", "RecordKind",

@@ -32,10 +32,15 @@ to); anything else found beside the store is left alone.
 This module decides what a rebuild keeps (the plan, over ``keys.newest_of_each_call``) and
 drives the steps; the mechanics of generations (creating one, the seal, the switch mark,
 ``CURRENT``, removing old ones) are ``generations.py``'s, shared with opening a store.
+
+Each compaction logs INFO lines on the ``persist_to_disk`` logger (the engine never prints):
+when it starts, when the store switched generation, and what it dropped (or, in a dry run,
+what it would drop).
 """
 
 import contextlib
 import errno
+import logging
 import math
 import os
 import shutil
@@ -62,6 +67,8 @@ from .records import RecordKind, decode_record
 from .settings import wording
 
 MAINTENANCE_LOCK = "maintenance.lock"
+#: The library's logger (the API layer uses the same name); the engine never prints.
+log = logging.getLogger("persist_to_disk")
 _NOT_COPIED = GENERATION_KEYS  # each generation's own bookkeeping
 _RECORD_KEY_SIZE = keys.PREFIX_SIZE + keys.SEQUENCE_SIZE
 _BATCH_RECORDS = 20_000
@@ -83,10 +90,26 @@ class CompactionPolicy:
 
     ``older_than``: seconds; calls whose newest record was written longer ago are dropped.
     ``max_size``: bytes; the oldest calls are dropped until the records kept fit.
+    ``keep_fingerprint``: a code fingerprint; calls whose newest record is a value written
+    by code with another, known, fingerprint are dropped. A record's fingerprint is the part
+    of its code (``Record.code``, the decorator's ``<fingerprint>|<version label>``) before
+    the first ``|``: results of one code under several ``version=`` values (a version used
+    to select a model, a dataset) are all kept, since a version label says which results a
+    call wants, not which are stale. The tag is split here with ``str.partition`` rather than
+    by the API layer's ``parse_code_tag``: the engine never imports the layer above, and the
+    one character is the whole of the format it needs. Records of unknown code (``""``:
+    written before code versions, under ``code_changes='ignore'``, or imported) are kept:
+    nothing says they are stale.
+    ``keep_fingerprint_as_of``: with ``keep_fingerprint``, the date of the newest record the
+    caller saw when it decided: a record dated after that, by any code, is kept. Code that
+    changed while the caller decided (a job started with new code meanwhile) thus never loses
+    its results.
     """
 
     older_than: Optional[float] = None
     max_size: Optional[int] = None
+    keep_fingerprint: Optional[str] = None
+    keep_fingerprint_as_of: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.older_than is not None and not self.older_than >= 0:
@@ -94,6 +117,18 @@ class CompactionPolicy:
                              f"{self.older_than!r}")
         if self.max_size is not None and not self.max_size >= 0:
             raise ValueError(f"max_size must be a number of bytes >= 0, got {self.max_size!r}")
+        if self.keep_fingerprint is not None and (
+                not isinstance(self.keep_fingerprint, str) or not self.keep_fingerprint
+                or "|" in self.keep_fingerprint):
+            raise ValueError(
+                f"keep_fingerprint must be a code fingerprint (the non-empty part of a "
+                f"Record.code before '|'), got {self.keep_fingerprint!r}; records of unknown "
+                f"code are always kept")
+        if self.keep_fingerprint_as_of is not None and (
+                self.keep_fingerprint is None or not self.keep_fingerprint_as_of >= 0):
+            raise ValueError(
+                f"keep_fingerprint_as_of must be a time >= 0 (seconds since the epoch) given "
+                f"with keep_fingerprint, got {self.keep_fingerprint_as_of!r}")
 
 
 @dataclass(frozen=True)
@@ -112,10 +147,12 @@ class CompactionReport:
     carried_over: int       # records written or cleared by others during the rebuild
     generation_before: int
     generation_after: int
+    old_code: int = 0       # calls dropped by ``keep_fingerprint`` (written by other code)
 
 
 # --- the decisions ------------------------------------------------------------------------
-_KEEP, _UNREADABLE, _TOMBSTONE, _EXPIRED = range(4)
+_KEEP, _UNREADABLE, _TOMBSTONE, _EXPIRED, _OLD_CODE = range(5)
+_DROPPED = (_TOMBSTONE, _EXPIRED, _OLD_CODE)
 
 
 def _calls(txn: "lmdb.Transaction") -> Iterator[Tuple[bytes, bytes, int]]:
@@ -127,7 +164,8 @@ def _calls(txn: "lmdb.Transaction") -> Iterator[Tuple[bytes, bytes, int]]:
             yield key, value, versions
 
 
-def _decide(value: bytes, cutoff: Optional[float]) -> Tuple[int, float]:
+def _decide(value: bytes, cutoff: Optional[float], keep_fingerprint: Optional[str],
+            code_as_of: float) -> Tuple[int, float]:
     """``(decision, created)`` for a call by its newest record."""
     try:
         record = decode_record(value, with_value=False)
@@ -137,6 +175,10 @@ def _decide(value: bytes, cutoff: Optional[float]) -> Tuple[int, float]:
         return _TOMBSTONE, record.created
     if cutoff is not None and record.created < cutoff:
         return _EXPIRED, record.created
+    if keep_fingerprint is not None and record.code and record.created <= code_as_of:
+        fingerprint = record.code.partition("|")[0]  # see CompactionPolicy.keep_fingerprint
+        if fingerprint and fingerprint != keep_fingerprint:
+            return _OLD_CODE, record.created
     return _KEEP, record.created
 
 
@@ -157,19 +199,24 @@ class _Plan:
 
     def __init__(self, txn: "lmdb.Transaction", policy: CompactionPolicy, now: float) -> None:
         self.cutoff = now - policy.older_than if policy.older_than is not None else None
+        self.keep_fingerprint = policy.keep_fingerprint
+        self.code_as_of = (policy.keep_fingerprint_as_of
+                           if policy.keep_fingerprint_as_of is not None else math.inf)
         self.kept = self.kept_bytes = self.superseded = self.tombstones = 0
-        self.expired = self.evicted = self.unreadable = 0
+        self.expired = self.evicted = self.unreadable = self.old_code = 0
         self.estimate = 2 * _PAGE  # LMDB's two meta pages
         created, sizes, stored, versions_of = array("d"), array("Q"), array("Q"), array("Q")
         unreadable = bytearray()
         for key, value, versions in _calls(txn):
             if not versions:
                 continue  # not a record: copied as it is
-            decision, when = _decide(value, self.cutoff)
+            decision, when = _decide(value, self.cutoff, self.keep_fingerprint, self.code_as_of)
             if decision == _TOMBSTONE:
                 self.tombstones += 1
             elif decision == _EXPIRED:
                 self.expired += 1
+            elif decision == _OLD_CODE:
+                self.old_code += 1
             else:
                 created.append(when)
                 sizes.append(len(value))  # as StoreStats.live_bytes counts them
@@ -199,8 +246,8 @@ class _Plan:
             if not versions:
                 yield key, value, 0, True
                 continue
-            decision, _ = _decide(value, self.cutoff)
-            if decision in (_TOMBSTONE, _EXPIRED):
+            decision, _ = _decide(value, self.cutoff, self.keep_fingerprint, self.code_as_of)
+            if decision in _DROPPED:
                 yield key, value, versions, False
                 continue
             gone = self._evicted[candidate]
@@ -257,16 +304,22 @@ def _compact(leaf: str, policy: Optional[CompactionPolicy], dry_run: bool,
         raise NoStoreError(f"There is no cache store in {leaf}. {wording().list_stores}.")
     if dry_run:
         with _current_handle(pool, leaf, durability) as handle:
+            log.info("compaction of %s: dry run started (generation %d)", leaf,
+                     handle.generation)
             bytes_before = store_file_bytes(leaf)
             with begin_transaction(handle.env) as snapshot:
                 plan = _Plan(snapshot, policy, time.time())
-            return _report(leaf, True, bytes_before, plan.estimate, plan, 0,
-                           handle.generation, handle.generation)
+            report = _report(leaf, True, bytes_before, plan.estimate, plan, 0,
+                             handle.generation, handle.generation)
+        _log_outcome(report)
+        return report
     sharing = trust.current_policy().sharing
     with FileLock(os.path.join(leaf, MAINTENANCE_LOCK), mode=sharing.file_mode):
         with _current_handle(pool, leaf, durability) as handle:
             old = handle.generation
             new = max(old, highest_folder(leaf)) + 1  # numbers are never reused
+            log.info("compaction of %s started: generation %d into %d%s", leaf, old, new,
+                     _policy_text(policy))
             if read_current(leaf) < old:
                 write_current(leaf, old, sharing.file_mode)  # a compactor died after sealing,
                 # or CURRENT was deleted: name the generation in use before deleting any other
@@ -278,6 +331,8 @@ def _compact(leaf: str, policy: Optional[CompactionPolicy], dry_run: bool,
                 sealed = True
                 handle.env.sync(True)  # the seal is on disk before CURRENT names the new one
                 write_current(leaf, new, sharing.file_mode)
+                log.info("compaction of %s: switched from generation %d to %d (%d records "
+                         "written meanwhile carried over)", leaf, old, new, carried)
             finally:
                 if sealed:
                     pool.retire(handle)  # this process, too, reopens at the new generation
@@ -285,7 +340,35 @@ def _compact(leaf: str, policy: Optional[CompactionPolicy], dry_run: bool,
         # went, besides CURRENT: it is kept (the next compaction deletes it).
         if switched and _unchanged(leaf, handle):
             remove_generation(leaf, old)
-    return _report(leaf, False, bytes_before, store_file_bytes(leaf), plan, carried, old, new)
+    report = _report(leaf, False, bytes_before, store_file_bytes(leaf), plan, carried, old, new)
+    _log_outcome(report)
+    return report
+
+
+def _policy_text(policy: CompactionPolicy) -> str:
+    """What the policy drops besides superseded versions and tombstones, for the log."""
+    parts = []
+    if policy.older_than is not None:
+        parts.append(f"older than {policy.older_than:g} s")
+    if policy.max_size is not None:
+        parts.append(f"over {policy.max_size} bytes")
+    if policy.keep_fingerprint is not None:
+        parts.append(f"of code other than fingerprint {policy.keep_fingerprint!r}")
+    return f" (also dropping results {', '.join(parts)})" if parts else ""
+
+
+def _log_outcome(report: CompactionReport) -> None:
+    """One INFO line: what the compaction dropped (would drop, in a dry run) and kept."""
+    dropped = ", ".join(f"{count} {label}" for count, label in (
+        (report.superseded, "superseded versions"), (report.tombstones, "deleted calls"),
+        (report.expired, "expired calls"), (report.evicted, "calls over the size budget"),
+        (report.old_code, "calls of other code versions")) if count) or "nothing"
+    log.info("compaction of %s%s: %s %s; kept %d calls (%d bytes of records)%s; files %d -> "
+             "%s%d bytes", report.path, " (dry run)" if report.dry_run else "",
+             "would drop" if report.dry_run else "dropped", dropped, report.kept,
+             report.kept_bytes, f", {report.unreadable} of a newer format untouched"
+             if report.unreadable else "", report.bytes_before,
+             "~" if report.dry_run else "", report.bytes_after)
 
 
 def _rebuild(handle, leaf: str, policy: CompactionPolicy, old: int, new: int,
@@ -370,7 +453,7 @@ def _report(leaf: str, dry_run: bool, before: int, after: int, plan: _Plan, carr
             old: int, new: int) -> CompactionReport:
     return CompactionReport(leaf, dry_run, before, after, plan.kept, plan.kept_bytes,
                             plan.superseded, plan.tombstones, plan.expired, plan.evicted,
-                            plan.unreadable, carried, old, new)
+                            plan.unreadable, carried, old, new, old_code=plan.old_code)
 
 
 class _Snapshot:

@@ -20,12 +20,12 @@ computing one call (a lease, on a shared tier): calls that share it never comput
 a nested call never waits for a lock its own process or an ancestor holds.
 """
 
-from typing import (Any, BinaryIO, Callable, Iterator, Optional, Protocol, Tuple, TypeVar,
+from typing import (Any, BinaryIO, Callable, Dict, Iterator, Optional, Protocol, Tuple, TypeVar,
                     runtime_checkable)
 
 from .durability import Durability
 from .locks import LockScope
-from .records import Record
+from .records import CodeVersionStats, Record
 
 T = TypeVar("T")
 
@@ -65,11 +65,14 @@ class CallStore(Protocol):
     def append_value(self, bucket: int, digest: bytes, write_value: Callable[[BinaryIO], str],
                      *, created: float, compute_seconds: float, python_version: str,
                      key_blob: bytes, meta: Optional[dict] = None, origin: str = "",
-                     replace: bool = False) -> int:
+                     replace: bool = False, code: str = "") -> int:
         """Append a value record whose value ``write_value(file)`` writes (returning the
         serializer's name); return its sequence. ``meta`` is written with the first record.
         ``replace``: the result replaces the one a shared tier holds for the call (RECACHE)
-        instead of yielding to it (first writer wins); a local store has nothing to replace."""
+        instead of yielding to it (first writer wins); a local store has nothing to replace.
+        ``code``: the code version that computed the result (``Record.code``: ASCII, opaque to
+        the storage; "" when unknown), kept with the record and by a shared tier's copy, so
+        that ``code_versions`` and ``CompactionPolicy.keep_fingerprint`` tell them apart."""
 
     def append(self, bucket: int, digest: bytes, record: Record,
                meta: Optional[dict] = None) -> int:
@@ -89,6 +92,11 @@ class CallStore(Protocol):
 
     def stats(self) -> Any:
         """Entries, versions, tombstones and bytes (:class:`~.store.StoreStats`)."""
+
+    def code_versions(self) -> Dict[str, CodeVersionStats]:
+        """Per code version (``Record.code``; ``""``: unknown code), how many value records
+        the store holds, superseded versions included, and when the newest was written. On a
+        tiered storage, this machine's records only."""
 
     def clear(self) -> int:
         """Remove every record; return how many calls were live."""

@@ -6,33 +6,47 @@ what maintenance needs beside them: kind (value or tombstone), creation time, co
 which serializer and Python wrote the value, so that a payload tied to one Python version can be
 treated as a miss elsewhere instead of crashing.
 
-Format 2 (written by this version)::
+Format 3 (written for a record that carries code, ``Record.code != ""``)::
 
-    fields (28 bytes) | head crc (4) | key_blob | value_blob | serializer | python_version | crc (4)
+    fields (28) | head crc (4) | key_blob | value_blob | serializer | python_version | code | crc
 
-* ``fields`` = format, kind, 2 spare bytes, created, compute_seconds and the lengths of
-  serializer, python_version and key_blob (``<BBxxddHHI``, the whole header of format 1).
+Format 2 (written for a record without code: ``Record.code == ""``)::
+
+    fields (28) | head crc (4) | key_blob | value_blob | serializer | python_version | crc (4)
+
+* ``fields`` = format, kind, the length of ``code`` (2 spare bytes in format 2, zero), created,
+  compute_seconds and the lengths of serializer, python_version and key_blob (``<BBHddHHI``;
+  format 2 reads it as ``<BBxxddHHI``, the whole header of format 1).
+* ``code`` (format 3 only) is the code version the result was computed by, as the layer above
+  spells it (ASCII, at most 65,535 bytes; the decorator writes ``<fingerprint>|<version>``, at
+  most 200). The engine only stores, counts and compares it (``Store.code_versions``,
+  ``CompactionPolicy.keep_fingerprint``). Format 2 is still written when there is no code,
+  so that a cache written with ``code_changes='ignore'`` stays readable by versions that read
+  format 2 only, and its records stay as small as before.
 * The last 4 bytes are a CRC-32 of the record's key prefix (bucket and digest: the call it is
   stored under) followed by every byte before them, little-endian. The CRC of any bytes followed
   by their own CRC is a constant (``_RESIDUE``), so a reader checks the whole record with one
   pass, ``crc32(record, crc32(prefix)) == _RESIDUE``, without slicing or copying anything. A bit
-  flipped anywhere (header, texts, key, value), a zeroed page, garbage, a truncated or extended
-  value, or a record found under another call's key (the prefix is part of the checksummed
-  bytes) fails it; the key tuple is never unpickled to check whose record it is. The sequence
-  number is not covered: the record is written before its sequence is chosen, and another
-  version of the same call is still that call's result.
+  flipped anywhere (header, texts, code, key, value), a zeroed page, garbage, a truncated or
+  extended value, or a record found under another call's key (the prefix is part of the
+  checksummed bytes) fails it; the key tuple is never unpickled to check whose record it is.
+  The sequence number is not covered: the record is written before its sequence is chosen, and
+  another version of the same call is still that call's result.
 * ``serializer`` also carries the record's *origin* (``Record.origin``: ``ptd-0.0.7`` for a
   result imported from a 0.0.7 bucket), as ``pickle:5+ptd-0.0.7``: a field of its own in
   ``Record``, a suffix on disk (:func:`serializer_tag` writes it, ``_decode_texts`` splits it),
   so that records imported before the field existed read the same.
-* ``head crc`` is a CRC-32 of the prefix, ``fields`` and the texts: enough to trust the header
-  (is it stored, is it a tombstone, can this Python load it) without reading the value, for
-  ``is_cached()``, ``CHECKONLY`` and ``forget()``.
+* ``head crc`` is a CRC-32 of the prefix, ``fields`` and the texts (code included): enough to
+  trust the header (is it stored, is it a tombstone, can this Python load it, which code made
+  it) without reading the value, for ``is_cached()``, ``CHECKONLY``, ``forget()`` and counting
+  code versions.
 * The texts come last because the serializer is known only once the value is written: the value
   is pickled straight into the record's buffer (:func:`build_record`), not into bytes of its
   own that are then copied into the record.
 * Every later format must keep the trailing CRC as defined here, so that any version can tell a
-  record of a newer format (checksum right) from a damaged one (checksum wrong).
+  record of a newer format (checksum right) from a damaged one (checksum wrong). A version that
+  reads formats 1 and 2 only (before code versions) reports a format-3 record as written by a
+  newer version (a miss with a warning, counted as unreadable, never dropped by compaction).
 
 Format 1 (``fields | serializer | python_version | key_blob | value_blob``, no checksum) is still
 read: caches written before checksums keep working, without the damage detection.
@@ -66,15 +80,24 @@ from typing import BinaryIO, Callable, NamedTuple, Optional
 
 from .errors import StoreFormatError
 
-RECORD_FORMAT = 2
-#: Every format's leading fields (the whole header of format 1).
+#: The newest record format: what this version writes for a record with code, and the highest
+#: it reads. A record without code is written as :data:`FORMAT_WITHOUT_CODE`.
+RECORD_FORMAT = 3
+#: What a record without code is written as (readable by versions before code versions).
+FORMAT_WITHOUT_CODE = 2
+#: The first format with checksums (format 1 has none).
+FIRST_CHECKSUMMED_FORMAT = 2
+#: Every format's leading fields (the whole header of format 1), code length left out.
 _FIELDS = struct.Struct("<BBxxddHHI")  # format, kind, created, compute_seconds, len x3
-_HEADER = struct.Struct("<BBxxddHHII")  # format 2: the fields, then their checksum
+#: The same 28 bytes with the code length (format 3; zero in formats 1 and 2).
+_FIELDS_WITH_CODE = struct.Struct("<BBHddHHI")
+_HEADER = struct.Struct("<BBxxddHHII")  # formats 2 and 3: the fields, then their checksum
 _CRC = struct.Struct("<I")
 _FIELDS_SIZE = _FIELDS.size  # 28
 _HEADER_SIZE = _HEADER.size  # 32
 _TRAILER_SIZE = _CRC.size
 _MIN_SIZE = _HEADER_SIZE + _TRAILER_SIZE
+_MAX_CODE = 0xFFFF
 _RESIDUE = 0x2144DF1C  # crc32(data + crc32(data) as 4 little-endian bytes), for any data
 _crc32 = zlib.crc32
 
@@ -98,10 +121,25 @@ class Record(NamedTuple):
     #: Where the record came from, when not from a call of this version: ``"ptd-0.0.7"`` for
     #: a result imported from a 0.0.7 ``.pkl`` bucket; ``""`` for a computed one.
     origin: str = ""
+    #: The code version that computed the result (ASCII; the decorator writes
+    #: ``<fingerprint>|<version label>``); ``""`` when unknown: written before code versions,
+    #: under ``code_changes='ignore'``, imported from 0.0.7, or a tombstone.
+    code: str = ""
 
     @property
     def is_tombstone(self) -> bool:
         return self.kind is RecordKind.TOMBSTONE
+
+
+class CodeVersionStats(NamedTuple):
+    """What a store holds of one code version (see ``CallStore.code_versions``)."""
+
+    records: int         # value records written by it, superseded versions included
+    last_written: float  # ``created`` of the newest of them (seconds since the epoch)
+    #: When it last wrote a result that is still its call's newest of known code, as far as
+    #: the store can tell (``Store.code_versions``): what ``ptd compact --drop-old-code``
+    #: orders code versions by. -inf when another code superseded each of its results.
+    last_current: float = float("-inf")
 
 
 class DamagedRecordError(StoreFormatError):
@@ -128,19 +166,35 @@ def serializer_tag(serializer: str, origin: str = "") -> bytes:
     return (serializer + "+" + origin if origin else serializer).encode("ascii")
 
 
+def _code_bytes(code: str) -> bytes:
+    """The code field as stored (b"" for a record without code: it is written as format 2)."""
+    if not code:
+        return b""
+    try:
+        raw = code.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(f"a record's code must be ASCII text, got {code!r}") from None
+    if len(raw) > _MAX_CODE:
+        raise ValueError(f"a record's code is at most {_MAX_CODE} bytes, got {len(raw)}")
+    return raw
+
+
 def _head_crc(prefix: bytes, fields, texts) -> int:
     return _crc32(texts, _crc32(fields, _crc32(prefix)))
 
 
 def encode_record(record: Record, prefix: bytes = b"") -> bytes:
-    """The bytes of ``record`` (format 2), checksummed for the key ``prefix`` it is stored under
-    (``keys.record_prefix(bucket, digest)``; the engine always passes it)."""
+    """The bytes of ``record`` (format 3 if it has code, else 2), checksummed for the key
+    ``prefix`` it is stored under (``keys.record_prefix(bucket, digest)``; the engine always
+    passes it)."""
     serializer = serializer_tag(record.serializer, record.origin)
     python_version = record.python_version.encode("ascii")
-    texts = serializer + python_version
-    fields = _FIELDS.pack(RECORD_FORMAT, int(record.kind), record.created,
-                          record.compute_seconds, len(serializer), len(python_version),
-                          len(record.key_blob))
+    code = _code_bytes(record.code)
+    texts = serializer + python_version + code
+    fields = _FIELDS_WITH_CODE.pack(RECORD_FORMAT if code else FORMAT_WITHOUT_CODE,
+                                    int(record.kind), len(code), record.created,
+                                    record.compute_seconds, len(serializer), len(python_version),
+                                    len(record.key_blob))
     header = fields + _CRC.pack(_head_crc(prefix, fields, texts))
     crc = _crc32(prefix)
     for part in (header, record.key_blob, record.value_blob, texts):
@@ -150,9 +204,11 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
 
 def build_record(prefix: bytes, kind: RecordKind, created: float, compute_seconds: float,
                  python_version: str, key_blob: bytes,
-                 write_value: Callable[[BinaryIO], str], origin: str = "") -> memoryview:
-    """A format-2 record whose value ``write_value(file)`` writes into the record's own buffer
-    (returning the serializer's name), as one writable buffer ready for ``txn.put``.
+                 write_value: Callable[[BinaryIO], str], origin: str = "",
+                 code: str = "") -> memoryview:
+    """A record (format 3 with ``code``, else 2) whose value ``write_value(file)`` writes into
+    the record's own buffer (returning the serializer's name), as one writable buffer ready
+    for ``txn.put``.
 
     Storing a large result this way holds two copies of it besides the object: this buffer,
     and LMDB's own copy into its pages while it writes (py-lmdb cannot reserve the space for
@@ -161,15 +217,18 @@ def build_record(prefix: bytes, kind: RecordKind, created: float, compute_second
     ``write_value`` raises propagates (nothing has been written to the store then); it may
     write, fail, truncate back and write again.
     """
+    code_raw = _code_bytes(code)  # checked before the value is written
+    python_raw = python_version.encode("ascii")
     out = io.BytesIO()
     out.write(bytes(_HEADER_SIZE))
     out.write(key_blob)
     serializer = serializer_tag(write_value(out), origin)
     out.seek(0, io.SEEK_END)
-    texts = serializer + python_version.encode("ascii")
+    texts = serializer + python_raw + code_raw
     out.write(texts)
-    fields = _FIELDS.pack(RECORD_FORMAT, int(kind), created, compute_seconds, len(serializer),
-                          len(texts) - len(serializer), len(key_blob))
+    fields = _FIELDS_WITH_CODE.pack(RECORD_FORMAT if code_raw else FORMAT_WITHOUT_CODE,
+                                    int(kind), len(code_raw), created, compute_seconds,
+                                    len(serializer), len(python_raw), len(key_blob))
     with out.getbuffer() as view:
         view[:_HEADER_SIZE] = fields + _CRC.pack(_head_crc(prefix, fields, texts))
         crc = _crc32(view, _crc32(prefix))
@@ -177,16 +236,18 @@ def build_record(prefix: bytes, kind: RecordKind, created: float, compute_second
     return out.getbuffer()
 
 
-_unpack_fields = _FIELDS.unpack_from
+_unpack_fields = _FIELDS_WITH_CODE.unpack_from
 _new_record = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hit path
-_TEXTS: dict = {}  # texts bytes -> (serializer, python_version, split, origin)
+#: texts bytes -> (serializer, python_version, n_ser, origin, code, n_py)
+_TEXTS: dict = {}
 _TEXTS_LIMIT = 256
 _COPY_LIMIT = 64 * 1024  # values above this are returned as a memoryview of the record bytes
 
 
 def decode_record(data, sequence: int = 0, with_value: bool = True,
                   prefix: Optional[bytes] = None) -> Record:
-    """Decode bytes (or a buffer) written by :func:`encode_record` or :func:`build_record`.
+    """Decode bytes (or a buffer) written by :func:`encode_record` or :func:`build_record`, of
+    any format from 1 to :data:`RECORD_FORMAT`.
 
     With ``prefix`` (the key prefix the record was read under; every read of the store passes
     it) the checksum is verified: of the whole record when the value is wanted, of the header
@@ -195,60 +256,82 @@ def decode_record(data, sequence: int = 0, with_value: bool = True,
     :class:`StoreFormatError` so the caller can treat it as a miss with a warning, rather than
     misreading its fields.
 
-    Every hit decodes one record, so this is kept lean (~0.65 µs on a small record, and ~0.25
-    µs more for its checksum: crc32 of short inputs runs at ~1.3 ns a byte plus ~40 ns a call):
-    the two short text fields repeat from record to record (a few serializer and
-    Python versions), so their strings are looked up by their bytes (checking where they
-    split), not decoded each time.
+    Every hit decodes one record, so this is kept lean (~0.65 µs on a small record, and ~0.3
+    µs more for its checksum: crc32 of short inputs runs at ~1.3 ns a byte plus ~40 ns a call;
+    formats 2 and 3 cost the same): the text fields repeat from record to record (a few
+    serializer and Python versions, one code version per function), so their strings are
+    looked up by their bytes (checking where they split), not decoded each time.
     """
     if data.__class__ is not bytes:
         return _decode_buffer(data, sequence, with_value, prefix)
     try:
-        fmt, kind, created, compute_seconds, n_ser, n_py, n_key = _unpack_fields(data, 0)
+        fmt, kind, n_code, created, compute_seconds, n_ser, n_py, n_key = _unpack_fields(data, 0)
     except struct.error:
         raise StoreFormatError(
             f"record of {len(data)} bytes is shorter than its header") from None
-    if fmt == RECORD_FORMAT:
-        texts_end = len(data) - _TRAILER_SIZE
-        texts_start = texts_end - n_ser - n_py
-        key_end = _HEADER_SIZE + n_key
-        if key_end > texts_start:
-            raise _lengths_damaged(len(data), key_end + n_ser + n_py + _TRAILER_SIZE)
-        if prefix is not None:
-            if with_value:
-                if _crc32(data, _crc32(prefix)) != _RESIDUE:
-                    raise _checksum_damaged()
-            else:
-                _check_head(data, prefix, texts_start, texts_end)
-        key_start = _HEADER_SIZE
-        value_end = texts_start
-    elif fmt == 1:
-        texts_start = _FIELDS_SIZE
-        texts_end = key_start = texts_start + n_ser + n_py
-        key_end = key_start + n_key
-        value_end = len(data)
-        if key_end > value_end:
-            raise _lengths_damaged(len(data), key_end)
-    else:
-        raise _unsupported(fmt, data, prefix)
+    if fmt != RECORD_FORMAT:
+        if fmt != FORMAT_WITHOUT_CODE:
+            return _decode_format_1(data, fmt, kind, created, compute_seconds, n_ser, n_py,
+                                    n_key, sequence, with_value, prefix)
+        n_code = 0  # format 2's spare bytes
+    texts_end = len(data) - _TRAILER_SIZE
+    texts_start = texts_end - n_ser - n_py - n_code
+    key_end = _HEADER_SIZE + n_key
+    if key_end > texts_start:
+        raise _lengths_damaged(len(data), key_end + n_ser + n_py + n_code + _TRAILER_SIZE)
+    if prefix is not None:
+        if with_value:
+            if _crc32(data, _crc32(prefix)) != _RESIDUE:
+                raise _checksum_damaged()
+        else:
+            _check_head(data, prefix, texts_start, texts_end)
     record_kind = _KINDS.get(kind)
     if record_kind is None:
         raise StoreFormatError(f"record kind {kind} is unknown to this version")
     texts = _TEXTS.get(data[texts_start:texts_end])
-    if texts is None or texts[2] != n_ser:
-        texts = _decode_texts(data[texts_start:texts_end], n_ser)
+    if texts is None or texts[2] != n_ser or texts[5] != n_py:
+        texts = _decode_texts(data[texts_start:texts_end], n_ser, n_py)
+    if not with_value:
+        value = b""
+    elif texts_start - key_end > _COPY_LIMIT:
+        value = memoryview(data)[key_end:texts_start]  # a large result: unpickled without a copy
+    else:
+        value = data[key_end:texts_start]
+    return _new_record(Record, (record_kind, created, compute_seconds, texts[0], texts[1],
+                                data[_HEADER_SIZE:key_end], value, sequence, texts[3],
+                                texts[4]))
+
+
+def _decode_format_1(data: bytes, fmt: int, kind: int, created: float, compute_seconds: float,
+                     n_ser: int, n_py: int, n_key: int, sequence: int, with_value: bool,
+                     prefix: Optional[bytes]) -> Record:
+    """:func:`decode_record` of a format-1 record (no checksum, no code), or the error of a
+    format it cannot read."""
+    if fmt != 1:
+        raise _unsupported(fmt, data, prefix)
+    texts_start = _FIELDS_SIZE
+    texts_end = key_start = texts_start + n_ser + n_py
+    key_end = key_start + n_key
+    value_end = len(data)
+    if key_end > value_end:
+        raise _lengths_damaged(len(data), key_end)
+    record_kind = _KINDS.get(kind)
+    if record_kind is None:
+        raise StoreFormatError(f"record kind {kind} is unknown to this version")
+    texts = _decode_texts(data[texts_start:texts_end], n_ser, n_py)
     if not with_value:
         value = b""
     elif value_end - key_end > _COPY_LIMIT:
-        value = memoryview(data)[key_end:value_end]  # a large result: unpickled without a copy
+        value = memoryview(data)[key_end:value_end]
     else:
         value = data[key_end:value_end]
     return _new_record(Record, (record_kind, created, compute_seconds, texts[0], texts[1],
-                                data[key_start:key_end], value, sequence, texts[3]))
+                                data[key_start:key_end], value, sequence, texts[3], texts[4]))
 
 
 def _check_head(data, prefix: bytes, texts_start: int, texts_end: int) -> None:
-    """Verify a format-2 header (its lengths already checked) without reading the value."""
+    """Verify a format-2 or -3 header (its lengths already checked) without reading the
+    value."""
     stored = _CRC.unpack_from(data, _FIELDS_SIZE)[0]
     if _head_crc(prefix, data[:_FIELDS_SIZE], data[texts_start:texts_end]) != stored:
         raise DamagedRecordError(
@@ -279,16 +362,19 @@ def _unsupported(fmt: int, data, prefix: Optional[bytes]) -> StoreFormatError:
     return DamagedRecordError(f"record format {fmt} is unknown: the record is damaged")
 
 
-def _decode_texts(raw: bytes, n_ser: int):
-    """``(serializer, python_version, n_ser, origin)`` of a record's two text fields, the
-    serializer tag split at its first ``"+"`` (see :func:`serializer_tag`), remembered by their
-    bytes (they repeat from record to record)."""
+def _decode_texts(raw: bytes, n_ser: int, n_py: int):
+    """``(serializer, python_version, n_ser, origin, code, n_py)`` of a record's text fields,
+    the serializer tag split at its first ``"+"`` (see :func:`serializer_tag`), the code being
+    what follows the Python version (empty before format 3), remembered by their bytes (they
+    repeat from record to record)."""
     try:
         serializer, _, origin = str(raw[:n_ser], "ascii").partition("+")
-        texts = (serializer, str(raw[n_ser:], "ascii"), n_ser, origin)
+        python_end = n_ser + n_py
+        texts = (serializer, str(raw[n_ser:python_end], "ascii"), n_ser, origin,
+                 str(raw[python_end:], "ascii"), n_py)
     except UnicodeDecodeError:
         raise DamagedRecordError(
-            "record is damaged: its serializer or Python version is not text") from None
+            "record is damaged: its serializer, Python version or code is not text") from None
     if len(_TEXTS) >= _TEXTS_LIMIT:
         _TEXTS.clear()
     _TEXTS[raw] = texts
@@ -302,13 +388,15 @@ def decode_view(data, sequence: int = 0, prefix: Optional[bytes] = None,
     transaction ends. The checksum is computed over the view in place. Everything else in the
     returned record is copied out, so it stays valid after the transaction."""
     try:
-        fmt, kind, created, compute_seconds, n_ser, n_py, n_key = _unpack_fields(data, 0)
+        fmt, kind, n_code, created, compute_seconds, n_ser, n_py, n_key = _unpack_fields(data, 0)
     except struct.error:
         raise StoreFormatError(
             f"record of {len(data)} bytes is shorter than its header") from None
-    if fmt == RECORD_FORMAT:
+    if fmt == RECORD_FORMAT or fmt == FORMAT_WITHOUT_CODE:
+        if fmt == FORMAT_WITHOUT_CODE:
+            n_code = 0  # format 2's spare bytes
         texts_end = len(data) - _TRAILER_SIZE
-        texts_start = texts_end - n_ser - n_py
+        texts_start = texts_end - n_ser - n_py - n_code
         key_start = _HEADER_SIZE
         key_end = value_start = key_start + n_key
         value_end = texts_start
@@ -321,7 +409,7 @@ def decode_view(data, sequence: int = 0, prefix: Optional[bytes] = None,
         raise _unsupported(fmt, data, prefix)
     if key_end > value_end:
         raise _lengths_damaged(len(data), key_end + (len(data) - value_end))
-    if fmt == RECORD_FORMAT and prefix is not None:
+    if fmt != 1 and prefix is not None:
         if with_value:
             if _crc32(data, _crc32(prefix)) != _RESIDUE:
                 raise _checksum_damaged()
@@ -332,11 +420,12 @@ def decode_view(data, sequence: int = 0, prefix: Optional[bytes] = None,
         raise StoreFormatError(f"record kind {kind} is unknown to this version")
     raw_texts = bytes(data[texts_start:texts_end])
     texts = _TEXTS.get(raw_texts)
-    if texts is None or texts[2] != n_ser:
-        texts = _decode_texts(raw_texts, n_ser)
+    if texts is None or texts[2] != n_ser or texts[5] != n_py:
+        texts = _decode_texts(raw_texts, n_ser, n_py)
     value = data[value_start:value_end] if with_value else b""
     return _new_record(Record, (record_kind, created, compute_seconds, texts[0], texts[1],
-                                bytes(data[key_start:key_end]), value, sequence, texts[3]))
+                                bytes(data[key_start:key_end]), value, sequence, texts[3],
+                                texts[4]))
 
 
 def _decode_buffer(data, sequence: int, with_value: bool, prefix: Optional[bytes]) -> Record:
@@ -368,7 +457,8 @@ def record_problem(key_prefix: bytes, data) -> Optional[str]:
     if fmt > RECORD_FORMAT:
         return None if _checksum_holds(data, key_prefix) else str(_newer_damaged(fmt))
     try:
-        if fmt == RECORD_FORMAT and _crc32(data, _crc32(key_prefix)) != _RESIDUE:
+        if (fmt >= FIRST_CHECKSUMMED_FORMAT
+                and _crc32(data, _crc32(key_prefix)) != _RESIDUE):
             raise _checksum_damaged()
         decode_view(data, 0, None, with_value=False)
     except StoreFormatError as err:
@@ -377,5 +467,5 @@ def record_problem(key_prefix: bytes, data) -> Optional[str]:
 
 
 def is_newer_format(data) -> bool:
-    """Whether ``data`` says it is a record of a format newer than this version writes."""
+    """Whether ``data`` says it is a record of a format newer than this version reads."""
     return len(data) > 0 and data[0] > RECORD_FORMAT

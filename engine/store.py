@@ -13,7 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterator, Optional, Tuple, TypeVar
+from typing import Any, BinaryIO, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
 import lmdb
 
@@ -23,8 +23,8 @@ from .pool import POOL, EnvironmentPool, StoreMissing
 from .errors import EngineError, StoreFormatError, engine_error, storage_io_error
 from .generations import store_exists, store_file_bytes
 from .locks import ComputeLock, LockScope, compute_lock, lock_place
-from .records import (DamagedRecordError, Record, RecordKind, build_record, decode_record,
-                      decode_view, encode_record)
+from .records import (CodeVersionStats, DamagedRecordError, Record, RecordKind, build_record,
+                      decode_record, decode_view, encode_record)
 from .settings import EngineSettings
 
 STORE_FORMAT = 1
@@ -208,6 +208,32 @@ class Store:
         return StoreStats(self.path, tally["entries"], tally["versions"], tally["tombstones"],
                           tally["live_bytes"], file_bytes, tally["unreadable"])
 
+    def code_versions(self) -> Dict[str, CodeVersionStats]:
+        """``{code: CodeVersionStats(records, last_written, last_current)}`` over every value
+        record the store holds, superseded versions included (they stay until compaction, and
+        a call whose code goes back to an old version finds its results again); ``""`` gathers
+        the records of unknown code. Tombstones, damaged records and records of a newer format
+        are not counted. Checks each record's header and never unpickles anything, but walks
+        every record in one read transaction (as :meth:`stats` does): a pass over the store,
+        for maintenance tools, never on a call's path.
+
+        ``last_current`` orders code versions by what the store knows of the order records
+        were appended in, not by their dates alone (clocks of machines sharing a cache differ,
+        coarse or pinned clocks tie): only the newest record of known code of each call can be
+        the last one of known code appended, so a code version gets the latest date among the
+        calls whose newest such record it wrote, and that record counts as written no earlier
+        than any record of its call before it (the records of a call are appended in sequence
+        order). A code version that lost every one of its calls to another gets -inf.
+        """
+        found: Dict[str, list] = {}
+        if self.exists():
+            def count(txn):
+                found.clear()  # a read that returns None runs again in a new generation
+                _count_code_versions(txn, found)
+            self._read(count, None)
+        return {code: CodeVersionStats(records, last, current)
+                for code, (records, last, current) in sorted(found.items())}
+
     def read_meta(self) -> dict:
         if not self.exists():
             return {}
@@ -249,11 +275,11 @@ class Store:
     def append_value(self, bucket: int, digest: bytes, write_value: Callable[[BinaryIO], str],
                      *, created: float, compute_seconds: float, python_version: str,
                      key_blob: bytes, meta: Optional[dict] = None, origin: str = "",
-                     replace: bool = False) -> int:
+                     replace: bool = False, code: str = "") -> int:
         """Append a value record whose value ``write_value(file)`` writes (returning the
         serializer's name) straight into the record's buffer; return its sequence.
-        ``origin``: see ``Record.origin``. ``replace`` concerns a shared tier only (see the
-        interface): a local append always makes the newest version.
+        ``origin``, ``code``: see ``Record.origin`` and ``Record.code``. ``replace`` concerns a
+        shared tier only (see the interface): a local append always makes the newest version.
 
         For results of any size: the value is held once more than the caller holds it, plus
         LMDB's own copy while it writes (see :func:`records.build_record`). Whatever
@@ -261,7 +287,7 @@ class Store:
         """
         prefix = keys.record_prefix(bucket, digest)
         payload = build_record(prefix, RecordKind.VALUE, created, compute_seconds,
-                               python_version, key_blob, write_value, origin)
+                               python_version, key_blob, write_value, origin, code)
         try:
             return self._put(prefix, payload, meta)
         finally:
@@ -384,6 +410,48 @@ def _drop_all(txn: "lmdb.Transaction") -> int:
             break
     txn.put(keys.FIRST_SEQUENCE_KEY, keys.encode_sequence(next_sequence))
     return tally["entries"]
+
+
+def _count_code_versions(txn: "lmdb.Transaction", found: Dict[str, list]) -> None:
+    """Add every value record of the store to ``found``: ``{code: [records, last_written,
+    last_current]}`` (see :meth:`Store.code_versions`). One pass in key order: the records of
+    a call are adjacent, oldest sequence first."""
+    never = float("-inf")
+    cursor = txn.cursor()
+    is_record_key, prefix_size = keys.is_record_key, keys.PREFIX_SIZE
+    call: Optional[bytes] = None
+    since = never          # the latest date of the call's records so far
+    current: Optional[str] = None  # the code of the call's newest value record of known code
+    current_as_of = never  # the date it counts as written at (``since`` when appended)
+
+    def end_of_call() -> None:
+        if current is not None and current_as_of > found[current][2]:
+            found[current][2] = current_as_of
+
+    for key, value in cursor.iternext(keys=True, values=True):
+        if not is_record_key(key):
+            continue
+        prefix = key[:prefix_size]
+        if prefix != call:
+            end_of_call()
+            call, since, current, current_as_of = prefix, never, None, never
+        try:
+            record = decode_record(value, with_value=False, prefix=prefix)
+        except StoreFormatError:
+            continue  # damaged (`ptd verify` reports it), or a newer writer's
+        since = max(since, record.created)
+        if record.kind is _TOMBSTONE:
+            continue
+        tally = found.get(record.code)
+        if tally is None:
+            found[record.code] = [1, record.created, never]
+        else:
+            tally[0] += 1
+            if record.created > tally[1]:
+                tally[1] = record.created
+        if record.code:
+            current, current_as_of = record.code, since
+    end_of_call()
 
 
 def _tally(newest: bytes, tally: dict) -> None:

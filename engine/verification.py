@@ -34,7 +34,8 @@ from .durability import Durability
 from .pool import POOL, EnvironmentPool, StoreMissing
 from .errors import EngineError, StoreFormatError
 from .generations import DATA_FILE, existing_generations, generation_folder
-from .records import _FIELDS, RECORD_FORMAT, RecordKind, is_newer_format, record_problem
+from .records import (_FIELDS, FIRST_CHECKSUMMED_FORMAT, RecordKind, is_newer_format,
+                      record_problem)
 
 MAX_LISTED_PROBLEMS = 100
 STRUCTURE_ATTEMPTS = 5  # structural checks of a file that changed while being checked
@@ -81,7 +82,7 @@ def _check_record(key: bytes, value: bytes, report: StoreVerification) -> None:
         report.newer_format += 1
         return
     fmt, kind, created, compute_seconds = _FIELDS.unpack_from(value, 0)[:4]
-    if fmt < RECORD_FORMAT:
+    if fmt < FIRST_CHECKSUMMED_FORMAT:
         report.without_checksum += 1
     if not (math.isfinite(created) and math.isfinite(compute_seconds)):
         report.problem(f"{_describe(key)}: its creation or compute time is not a number")

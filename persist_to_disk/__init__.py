@@ -11,11 +11,12 @@ an append-only LMDB store per function (or per ``groupby`` leaf) under ``config.
 """
 
 import inspect
+import logging
 from typing import Callable, Optional
 
 from . import options as _options
 from . import settings as _settings
-from .call import decorate
+from .call import cache_stats, decorate
 from .engine import Durability, LockScope
 from .errors import (CacheMissError, ConfigError, CorruptStoreError, EngineError,
                      ForeignFolderError, PersistError, PersistWarning, StoreFormatError,
@@ -24,6 +25,11 @@ from .errors import (CacheMissError, ConfigError, CorruptStoreError, EngineError
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE
 
 __version__ = "0.1.0"
+
+# The library never prints: what it logs (README: "Logging") goes where the application's
+# logging configuration sends it, and nowhere without one (not to logging's last-resort stderr
+# handler, which would repeat every PersistWarning the warnings module shows already).
+logging.getLogger("persist_to_disk").addHandler(logging.NullHandler())
 
 #: The global settings (persist path, project path, hashsize, lock granularity, durability).
 config = _settings.Config()
@@ -36,7 +42,8 @@ def persistf(func: Optional[Callable] = None, **options) -> Callable:
 {args}
 
     The wrapper also has ``is_cached(...)``, ``forget(...)``, ``cache_folder()``,
-    ``cache_info()``, ``clear()`` and ``uncached`` (the original function).
+    ``cache_info(reset=False)``, ``clear()`` and ``uncached`` (the original function). On an
+    ``async def`` function it is a coroutine function, awaited like the original.
     """
     _options.check_names(options)  # a misspelt option fails here, even before a function
     if func is not None:  # used bare, as @persistf
@@ -57,5 +64,6 @@ __all__ = [
     "CACHE", "CHECKONLY", "NOCACHE", "READONLY", "RECACHE", "CacheMissError", "ConfigError",
     "CorruptStoreError", "Durability", "EngineError", "ForeignFolderError", "LockScope",
     "PersistError", "PersistWarning", "StoreFormatError", "UnkeyableArgumentError",
-    "UnpicklableResultError", "UnsafeFilesystemError", "UntrustedFolderError", "config", "persistf",
+    "UnpicklableResultError", "UnsafeFilesystemError", "UntrustedFolderError", "cache_stats",
+    "config", "persistf",
 ]

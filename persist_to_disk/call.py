@@ -26,24 +26,37 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, NamedTuple, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .binding import CallBinder
+from .call_stats import SHARED_COUNTERS, ZERO, CallStats
+from .code_identity import WARN, CodeIdentity
 from .engine import (CallStore, CorruptStoreError, DamagedRecordError, Durability, EngineError,
                      LockScope, Record, StorageIOError, StoreFormatError, Timeout)
 from .errors import CacheMissError, UnpicklableResultError, warn
 from .identity import bracketing_runs, captured_values
 from .imported import find_imported
-from .keying import CallKeyer, CapturedValueChanging, bucket_of, call_digest
+from .keying import CallKeyer, CapturedValueChanging, bucket_of, call_digest, salted_hasher
 from .locations import function_folder_name, function_name, leaf_folder, module_parts
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE, parse_mode
 from .normalization import Normalizer, group_folder_names
-from .options import PersistOptions, make_options
+from .options import PersistOptions, make_options, max_age_seconds
 from .serialization import (PYTHON_VERSION, IncompatibleRecord, check_loadable, dump_into,
                             dumps_key, loads)
 from .settings import Config
 
 log = logging.getLogger("persist_to_disk")
+_debug_enabled = log.isEnabledFor  # (bound once)
+_DEBUG = logging.DEBUG
+#: logging's own record of which levels the logger is enabled for (cleared in place whenever a
+#: level changes; an empty dict where a Python has none): the hot path looks DEBUG up there,
+#: ~0.015 µs, where ``isEnabledFor`` costs ~0.05 µs, and asks it only when it is not known.
+_ENABLED_LEVELS = getattr(log, "_cache", None)
+if not isinstance(_ENABLED_LEVELS, dict):
+    _ENABLED_LEVELS = {}
+_EXPIRED = object()  # what a loader returns for a stored result older than the call's max_age
+_DECORATORS = object()  # a lookup's max_age left out: the decorator's
+_RETRY = object()  # the hot path's read failed: _load reads again and reports why
 
 
 class CallPlace(NamedTuple):
@@ -81,7 +94,19 @@ class PersistedFunction:
             self.func = bracketing_runs(func, self.captured)
         self._resolve_lock = threading.Lock()  # replaced in a forked child: _after_fork_in_child
         _INSTANCES.add(self)
+        #: version, code policy and fingerprint (computed on the first call, never before)
+        self.code = CodeIdentity(func, options.version, options.code_changes or WARN,
+                                 config.get_project_path)
+        self.stats = CallStats()
+        self._hasher = salted_hasher(b"")
+        self._salt = b""
+        self._salted = False
+        self._tag = ""  # the code tag written into records (resolve)
+        self._check_code = False  # warn: compare each hit's code tag with _tag, until it warns
+        self._loader = _load_value
+        self._keyer: Any = None
         self._version = None
+        self._folder_version = None
         self._leaves: Dict[Tuple[str, ...], CallStore] = {}
         self._warned: set = set()
         self.folder = ""
@@ -99,21 +124,81 @@ class PersistedFunction:
 
     # --- where the cache is ---------------------------------------------------------------
     def resolve(self) -> None:
-        """(Re)compute the function's folder and settings from the current config. Only
+        """(Re)compute the function's settings and folder from the current config. Only
         folders are computed here: the storage tier checks a leaf when it opens its store."""
+        self.resolve_identity()
+        self._resolve_folder()
+
+    def resolve_identity(self) -> None:
+        """(Re)compute what keying a call needs from the current config (the code identity:
+        hasher and keyer; ``hashsize``) and the lookup settings, and nothing that touches the
+        disk: an argument that cannot be keyed must fail before the project is registered or
+        any folder made. The folder follows at the first store opened (:meth:`store_for`)."""
         with self._resolve_lock:
             config, options = self.config, self.options
             version = config.version
+            self.hashsize = options.hashsize or config.get_hashsize()
+            self.scope = options.lock_granularity or config.get_lock_granularity()
+            self.durability = options.durability or config.get_durability()
+            self._resolve_code(options.code_changes or config.get_code_changes())
+            self._loader = self._expiring_loader(options.max_age)
+            self._leaves = {}
+            self._version = version
+
+    def _resolve_folder(self) -> None:
+        """The function's folder under the project's persist path (which registers the
+        project: ``project_to_pids.txt``)."""
+        with self._resolve_lock:
+            config, options = self.config, self.options
+            version = self._version
             root = config.get_project_persist_path(options.local)
             self.folder = os.path.join(
                 root, *module_parts(self.func, config.get_project_path()),
                 function_folder_name(self.func))
             self.project_root = root
-            self.hashsize = options.hashsize or config.get_hashsize()
-            self.scope = options.lock_granularity or config.get_lock_granularity()
-            self.durability = options.durability or config.get_durability()
             self._leaves = {}
-            self._version = version
+            self._folder_version = version
+
+    def _resolved(self) -> None:
+        """Settings and folder current (for what needs the folder without opening a store)."""
+        if self._version != self.config.version:
+            self.resolve_identity()
+        if self._folder_version != self._version:
+            self._resolve_folder()
+
+    def _resolve_code(self, policy: str) -> None:
+        """The code identity under ``policy``: the hasher every call digest starts from (the
+        fingerprint, computed here on the first call under ``warn`` and ``recompute``, is part
+        of it under ``recompute``; ``version`` always), the tag records are written with, and
+        whether hits compare theirs with it. A new hasher needs a new keyer."""
+        code = self.code
+        code.policy = policy
+        salt = code.salt()
+        self._tag = code.tag()
+        if self._keyer is None or salt != self._salt:
+            self._salt = salt
+            self._salted = bool(salt)
+            self._hasher = salted_hasher(salt)
+            self._keyer = CallKeyer(
+                self.binder.bind, self.options.skip_kwargs,
+                self.captured if self.captured is not None else (),
+                plannable=not (self.options.groupby or self.options.expand_dict_kwargs),
+                hasher=self._hasher)
+        self._check_code = policy == WARN and ("code", "") not in self._warned
+
+    def _expiring_loader(self, max_age: Optional[float]) -> Callable[[Record], Any]:
+        """What a lookup loads a stored result with: unpickled, or :data:`_EXPIRED` (never
+        unpickled) when it was stored more than ``max_age`` seconds ago by the settings'
+        clock."""
+        if max_age is None:
+            return _load_value
+        config = self.config
+
+        def load_unless_expired(record: Record) -> Any:
+            if _expired(config.clock() - record.created, max_age):
+                return _EXPIRED
+            return loads(record.value_blob, record.serializer, record.python_version)
+        return load_unless_expired
 
     def store_for(self, group_values: Tuple[Any, ...]) -> CallStore:
         """The store of the leaf these groupby values select, opened (and so checked: a file,
@@ -121,8 +206,7 @@ class PersistedFunction:
 
         Duplicated in :meth:`fast_path`, which looks the ungrouped leaf up inline: change both.
         """
-        if self._version != self.config.version:
-            self.resolve()
+        self._resolved()
         groupby = self.options.groupby
         names = group_folder_names(groupby, group_values) if groupby else ()
         store = self._leaves.get(names)
@@ -148,11 +232,13 @@ class PersistedFunction:
     # --- the call -------------------------------------------------------------------------
     def locate(self, args: tuple, kwargs: dict) -> CallPlace:
         """Where a call's records live (the general path's keying, for every call shape)."""
+        if self._version != self.config.version:
+            self.resolve_identity()  # (first: the hasher, hashsize)
         bound = self.binder.bind(args, kwargs)
         group_values, key = self.normalizer.normalize(bound)
         digest = call_digest(group_values, key + self.closure_key, self.func.__qualname__,
-                             self.group_names)
-        store = self.store_for(group_values)  # (first: it resolves self.hashsize)
+                             self.group_names, self._hasher)
+        store = self.store_for(group_values)
         return CallPlace(store, bucket_of(digest, self.hashsize), digest, key)
 
     def fast_path(self, args: tuple, kwargs: dict) -> Any:
@@ -165,14 +251,11 @@ class PersistedFunction:
         ``*args``, errors) and for every other mode.
         """
         options = self.options
-        if options.cache is None and not (kwargs and options.switch_kwarg in kwargs):
-            try:
-                keyer = self._keyer
-            except AttributeError:
-                keyer = self._keyer = CallKeyer(
-                    self.binder.bind, options.skip_kwargs,
-                    self.captured if self.captured is not None else (),
-                    plannable=not (options.groupby or options.expand_dict_kwargs))
+        if options.cache is None and not (kwargs and (options.switch_kwarg in kwargs
+                                                      or options.max_age_kwarg in kwargs)):
+            if self._version != self.config.version:
+                self.resolve_identity()  # (the keyer and its hasher, hashsize, the loader)
+            keyer = self._keyer
             try:
                 digest = keyer.digest(args, kwargs)
             except CapturedValueChanging:  # no stable key: neither read nor write the cache
@@ -180,29 +263,66 @@ class PersistedFunction:
             if digest is not None:
                 # Duplicates store_for(()) (the ungrouped leaf) and keying.bucket_of inline,
                 # a call and an attribute hop less per hit: change them together.
-                store = self._leaves.get(()) if self._version == self.config.version else None
+                store = self._leaves.get(())
                 if store is None:
                     store = self.store_for(())
                 bucket = int.from_bytes(digest[:8], "big") % self.hashsize  # keying.bucket_of
-                found, value = self._load(store, bucket, digest)
-                if found:
-                    return value
+                # A plain hit, inline: duplicates _load's hit branch (a call and a tuple less
+                # per hit, which pays for the statistics): change them together. Logging at
+                # DEBUG, a failed read (warned there) and anything unusual go through _load.
+                found = _RETRY
+                try:
+                    debug = _ENABLED_LEVELS[_DEBUG]
+                except KeyError:
+                    debug = _debug_enabled(_DEBUG)
+                if not debug:
+                    try:
+                        found = store.load_latest(bucket, digest, self._loader)
+                    except Exception:
+                        pass
+                if found is _RETRY:
+                    hit, value = self._load(store, bucket, digest)
+                    if hit:
+                        return value
+                elif found is not None:
+                    record, value = found
+                    if value is not _EXPIRED:
+                        if SHARED_COUNTERS:  # (CallStats.hit inline)
+                            stats = self.stats
+                            stats.hits += 1
+                            stats.saved_seconds += record.compute_seconds
+                        else:
+                            self.stats.hit(record.compute_seconds)
+                        if self._check_code and record.code and record.code != self._tag:
+                            self._code_changed(record)
+                        return value
                 return self._compute(CallPlace(store, bucket, digest, keyer.key(args, kwargs)),
-                                     args, kwargs, CACHE)
+                                     args, kwargs, CACHE, options.max_age)
         return self.general_path(args, kwargs)
 
     __call__ = fast_path
 
+    def take_modes(self, kwargs: dict) -> Tuple[int, Optional[float]]:
+        """Pop the call-time keywords (mode, max age) from ``kwargs``: ``(mode, max_age)``,
+        the decorator's ``cache=`` and ``max_age`` where the call gives none. A bad value is a
+        ValueError naming the keyword."""
+        options = self.options
+        mode, max_age = CACHE, options.max_age
+        if kwargs:
+            switch = options.switch_kwarg
+            if switch in kwargs:
+                mode = parse_mode(kwargs.pop(switch), switch)
+            if options.max_age_kwarg in kwargs:
+                max_age = max_age_seconds(kwargs.pop(options.max_age_kwarg),
+                                          options.max_age_kwarg)
+        if options.cache is not None:
+            mode = options.cache
+        return mode, max_age
+
     def general_path(self, args: tuple, kwargs: dict) -> Any:
         """A call in any mode and of any shape: the mode popped, the call located, looked up,
         computed if needed."""
-        options = self.options
-        switch = options.switch_kwarg
-        mode = CACHE
-        if switch in kwargs:
-            mode = parse_mode(kwargs.pop(switch), switch)
-        if options.cache is not None:
-            mode = options.cache
+        mode, max_age = self.take_modes(kwargs)
         if mode == NOCACHE:
             return self.func(*args, **kwargs)
         try:
@@ -211,45 +331,74 @@ class PersistedFunction:
             if mode == CHECKONLY:
                 return False
             if mode == READONLY:
+                self.stats.miss()
                 raise CacheMissError(
                     f"READONLY: {self.name} cannot look its result up: {err}, by another "
                     "thread. Call it when that thread leaves the variable alone, or without "
                     "cache_switch (or with CACHE) to compute it.") from None
             return self.func(*args, **kwargs)
         if mode == CHECKONLY:
-            return self._load(place.store, place.bucket, place.digest, value=False)[0]
+            return self._load(place.store, place.bucket, place.digest, False, max_age)[0]
         if mode != RECACHE:
-            found, value = self._load(place.store, place.bucket, place.digest)
+            found, value = self._load(place.store, place.bucket, place.digest, True, max_age)
             if found:
                 return value
             if mode == READONLY:
+                self.stats.miss()
+                log.debug("miss %s in %s bucket %d (READONLY: raising CacheMissError)",
+                          self.name, place.store.path, place.bucket)
                 raise CacheMissError(
                     f"READONLY: no stored result of {self.name} for this call in "
-                    f"{place.store.path}. Call without cache_switch (or with CACHE) to "
-                    "compute it.")
-        return self._compute(place, args, kwargs, mode)
+                    f"{place.store.path}"
+                    f"{'' if max_age is None else f' newer than max_age={max_age:g}s'}. Call "
+                    "without cache_switch (or with CACHE) to compute it.")
+        return self._compute(place, args, kwargs, mode, max_age)
 
-    def _load(self, store: CallStore, bucket: int, digest: bytes, value: bool = True
-              ) -> Tuple[bool, Any]:
+    def _load(self, store: CallStore, bucket: int, digest: bytes, value: bool = True,
+              max_age: Any = _DECORATORS) -> Tuple[bool, Any]:
         """``(found, result)``; with ``value=False`` only whether a loadable-looking record is
         there: its header is read and checked, the value is neither copied nor unpickled
         (CHECKONLY, ``is_cached()``: the result may be large). It takes a :class:`CallPlace`'s
-        parts, not one, so that a hit on the hot path allocates none.
+        parts, not one, so that a hit on the hot path allocates none. ``max_age``: seconds
+        (None: for ever; left out: the decorator's) after which a stored result counts as
+        absent. A hit is counted in :attr:`stats` here, and under ``code_changes='warn'`` its
+        code is compared with the function's.
 
         A record that fails its checksum (damaged on disk) is a miss with a warning, never a
         value; it is kept for inspection, and the call stores a newer version.
         """
+        debug = _debug_enabled(_DEBUG)
+        started = time.perf_counter() if debug else 0.0
         try:
             if not value:
                 record = store.latest(bucket, digest, with_value=False)
                 if record is None:
                     return False, None
+                if max_age is _DECORATORS:
+                    max_age = self.options.max_age
+                if max_age is not None and _expired(self.config.clock() - record.created,
+                                                    max_age):
+                    return False, None
                 check_loadable(record.serializer, record.python_version)
                 return True, None
-            found = store.load_latest(bucket, digest, _load_value)
-            if found is None:
+            found = store.load_latest(
+                bucket, digest, self._loader if max_age is _DECORATORS
+                else self._expiring_loader(max_age))
+            if found is None:  # (logged once, by _compute, not at each look)
                 return False, None
-            return True, found[1]
+            record, result = found
+            if result is _EXPIRED:
+                if debug:
+                    log.debug("expired %s in %s bucket %d: stored %.0f s ago", self.name,
+                              store.path, bucket, self.config.clock() - record.created)
+                return False, None
+            self.stats.hit(record.compute_seconds)
+            if self._check_code and record.code and record.code != self._tag:
+                self._code_changed(record)
+            if debug:
+                log.debug("hit %s in %s bucket %d (%.3f ms)", self.name, store.path, bucket,
+                          (time.perf_counter() - started) * 1e3)
+            return True, result
         except DamagedRecordError as err:
             self._warn_once(store.path, "damaged",
                             f"A stored result of {self.name} in {store.path} is damaged ({err}); "
@@ -266,16 +415,41 @@ class PersistedFunction:
                             f"Cannot read the cache of {self.name}: {err} Computing without it.")
             return False, None
 
-    def _compute(self, place: CallPlace, args: tuple, kwargs: dict, mode: int) -> Any:
+    def _code_changed(self, record: Record) -> None:
+        """Under ``code_changes='warn'``: a hit returned a result stored by other code (its
+        record's code tag has another fingerprint; records of unknown code carry none). Warned
+        once per function and process; later hits are not compared any more."""
+        fingerprint = record.code.partition("|")[0]
+        if not fingerprint or fingerprint == self._tag.partition("|")[0]:
+            return
+        self._check_code = False
+        if ("code", "") in self._warned:
+            return
+        self._warned.add(("code", ""))
+        stored = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created))
+        short = self.func.__name__
+        warn(f"{self.name} returned a result stored on {stored} by other code: the function, "
+             "or a project helper it calls, has changed since (code fingerprint "
+             f"{fingerprint[:12]}, now {self._tag[:12]}). Stored results are still returned "
+             "(code_changes='warn'). To compute anew after an edit, decorate it with "
+             "persistf(code_changes='recompute') (reverting the edit then finds the old results "
+             f"again) or bump persistf(version=...); to delete the old results, call "
+             f"{short}.clear() or run `ptd compact --drop-old-code`; to silence this, "
+             "code_changes='ignore'.")
+
+    def _compute(self, place: CallPlace, args: tuple, kwargs: dict, mode: int,
+                 max_age: Optional[float] = None) -> Any:
         store = place.store
+        debug = _debug_enabled(_DEBUG)
+        started = time.perf_counter() if debug else 0.0
         lock = store.compute_lock(place.bucket, place.digest, self.scope,
                                   self.options.lock_timeout)
         try:
             unlocked_because = lock.acquire()
             if unlocked_because is not None:  # a nested call that must not wait: never hang
-                log.warning("Computing %s without its compute lock: %s. The result is stored "
-                            "as usual; at worst another process computes the same call too.",
-                            self.name, unlocked_because)
+                warn(f"Computing {self.name} without its compute lock: {unlocked_because}. "
+                     "The result is stored as usual; at worst another process computes the "
+                     "same call too.")
         except Timeout:
             self._warn_once(store.path, "lock",
                             f"Could not lock {lock.path} within {self.options.lock_timeout}s; "
@@ -287,26 +461,34 @@ class PersistedFunction:
                             f"{self.name} without it.")
         try:
             if mode != RECACHE:
-                found, value = self._load_or_imported(place)
+                found, value = self._load_or_imported(place, max_age)
                 if found:
                     return value
+            self.stats.miss()
+            if debug:
+                log.debug("miss %s in %s bucket %d then computing (lock and second look: "
+                          "%.3f ms)", self.name, store.path, place.bucket,
+                          (time.perf_counter() - started) * 1e3)
             started = time.perf_counter()
             value = self.func(*args, **kwargs)
             elapsed = time.perf_counter() - started
+            self.stats.computed(elapsed)
             self._save(place, value, elapsed, replace=mode == RECACHE)
             return value
         finally:
             lock.release()
 
-    def _load_or_imported(self, place: CallPlace) -> Tuple[bool, Any]:
+    def _load_or_imported(self, place: CallPlace, max_age: Optional[float] = None
+                          ) -> Tuple[bool, Any]:
         """:meth:`_load`, then a result imported from persist-to-disk 0.0.7 (``ptd import-pkl``)
         under 0.0.7's spelling of this call (groupby values only as folder names, a Namespace
         as JSON text: :func:`~.imported.find_imported`); one found there is stored again under
         this call's own digest, so the next call is a plain hit. Only on the miss path, inside
-        the lock."""
-        found, value = self._load(place.store, place.bucket, place.digest)
+        the lock. ``max_age`` applies to both; a function with a ``version`` (or under
+        ``code_changes='recompute'``) never takes 0.0.7's results, which have neither."""
+        found, value = self._load(place.store, place.bucket, place.digest, True, max_age)
         try:
-            keys_captured = found or bool(self.closure_key)
+            keys_captured = found or bool(self.closure_key) or self._salted
         except CapturedValueChanging:
             keys_captured = True
         if keys_captured:  # 0.0.7 did not key captured variables: never guess
@@ -314,18 +496,24 @@ class PersistedFunction:
         record = find_imported(place.store, place.key, self.hashsize, bool(self.options.groupby))
         if record is None:
             return False, None
+        if max_age is not None and _expired(self.config.clock() - record.created, max_age):
+            return False, None
         try:
             value = loads(record.value_blob, record.serializer, record.python_version)
         except IncompatibleRecord:
             return False, None
-        self._save(place, value, record.compute_seconds)
+        self.stats.hit(record.compute_seconds)
+        self._save(place, value, record.compute_seconds, code="", created=record.created)
         return True, value
 
     def _save(self, place: CallPlace, value: Any, compute_seconds: float,
-              replace: bool = False) -> None:
+              replace: bool = False, code: Optional[str] = None,
+              created: Optional[float] = None) -> None:
         """Store a computed result; never raise for what only costs caching (the caller returns
         the result whatever happens here). ``replace`` (RECACHE): a shared tier replaces the
-        result it holds instead of keeping the first one.
+        result it holds instead of keeping the first one. ``code``: the record's code tag (the
+        function's own by default; ``""``, unknown, for a result imported from 0.0.7), and
+        ``created`` when it was made (now by the settings' clock, by default).
 
         The result is pickled straight into the record's buffer (one copy of it besides the
         object, plus LMDB's while it writes). A result that neither pickle nor cloudpickle can
@@ -333,12 +521,19 @@ class PersistedFunction:
         """
         store = place.store
         what = f"The result of {self.name}"
+        debug = _debug_enabled(_DEBUG)
+        started = time.perf_counter() if debug else 0.0
         try:
             store.append_value(place.bucket, place.digest,
                                lambda out: dump_into(out, value, what),
-                               created=time.time(), compute_seconds=compute_seconds,
+                               created=self.config.clock() if created is None else created,
+                               compute_seconds=compute_seconds,
                                python_version=PYTHON_VERSION, key_blob=dumps_key(place.key),
-                               replace=replace)
+                               replace=replace, code=self._tag if code is None else code)
+            if debug:
+                log.debug("store %s in %s bucket %d (%.3f ms; computed in %.3f ms)", self.name,
+                          store.path, place.bucket, (time.perf_counter() - started) * 1e3,
+                          compute_seconds * 1e3)
         except UnpicklableResultError as err:
             result_type = type(value)
             self._warn_once("", "unpicklable",
@@ -374,25 +569,29 @@ class PersistedFunction:
         """Every leaf store of the function that exists on disk, found by the storage tier's
         walk (the one ``ptd ls`` and ``ptd clear`` use): a leaf below another store counts,
         as after a function's ``groupby`` changed."""
-        if self._version != self.config.version:
-            self.resolve()
+        self._resolved()
         storage = self.config.storage(self.options.remote)
         durability, root = self.durability, self.project_root
         return [storage.open_store(leaf, durability, lock_root=root, meta=self._describe(leaf))
                 for leaf in storage.find_stores(self.folder)]
 
-    def info(self) -> dict:
+    def info(self, reset: bool = False) -> dict:
+        """``f.cache_info()``: what is stored (leaves, entries, versions, bytes, from disk),
+        what the cache did in this process (:mod:`~.call_stats`; ``reset=True`` sets those
+        counters back to zero), and the code identity (fingerprint computed if not yet)."""
         stats = [store.stats() for store in self.stores()]
         return {"function": self.name, "folder": self.folder, "leaves": len(stats),
                 "entries": sum(s.entries for s in stats),
                 "versions": sum(s.versions for s in stats),
-                "file_bytes": sum(s.file_bytes for s in stats)}
+                "file_bytes": sum(s.file_bytes for s in stats),
+                **self.stats.snapshot(reset),
+                "code_fingerprint": self.code.fingerprint, "version": self.code.version,
+                "code_changes": self.code.policy}
 
     def clear(self) -> int:
         """Remove every stored result of the function, in every leaf and on every tier (a
         shared tier's objects included: else the next call would fetch them back)."""
-        if self._version != self.config.version:
-            self.resolve()
+        self._resolved()
         return self.config.storage(self.options.remote).clear_tree(
             self.folder, lock_root=self.project_root)
 
@@ -400,17 +599,20 @@ class PersistedFunction:
         """Whether a result is stored (by its record's header; the value is neither copied nor
         unpickled), whatever mode ``cache=`` forces on calls. A stored value whose class has
         since gone still counts, though the next call recomputes it; a record whose header is
-        damaged does not."""
+        damaged does not, nor one older than the max age (the decorator's, or the call's
+        keyword)."""
         kwargs.pop(self.options.switch_kwarg, None)
+        max_age = self.take_modes(kwargs)[1]
         try:
             place = self.locate(args, kwargs)
         except CapturedValueChanging:  # no stable key, so nothing can be found under it
             return False
-        return self._load(place.store, place.bucket, place.digest, value=False)[0]
+        return self._load(place.store, place.bucket, place.digest, False, max_age)[0]
 
     def forget(self, args: tuple, kwargs: dict) -> bool:
         """Append a tombstone if a result is stored (its header is read, never its value)."""
         kwargs.pop(self.options.switch_kwarg, None)
+        kwargs.pop(self.options.max_age_kwarg, None)
         try:
             place = self.locate(args, kwargs)
         except CapturedValueChanging:  # no stable key: nothing to delete under it
@@ -440,6 +642,15 @@ def _cause(err: Exception) -> str:
     return f"{type(cause).__name__}: {cause}"
 
 
+def _expired(age: float, max_age: float) -> bool:
+    """Whether a result stored ``age`` seconds ago is too old for ``max_age``: ``max_age`` old
+    or older, and also when dated more than ``max_age`` in the future (the clock was stepped
+    back, or the machine that stored it runs ahead): a stored date cannot keep a result fresh
+    for ever. Within ``max_age`` either way it counts as fresh (clocks of machines sharing a
+    cache differ by seconds)."""
+    return age >= max_age or age < -max_age
+
+
 def _load_value(record: Record) -> Any:
     """Unpickle a record's result (run by the engine inside its read transaction for large
     results, which are then never copied out of the memory map)."""
@@ -450,6 +661,20 @@ def _load_value(record: Record) -> Any:
 _INSTANCES: "weakref.WeakSet[PersistedFunction]" = weakref.WeakSet()
 
 
+def cache_stats(reset: bool = False) -> dict:
+    """``hits``, ``misses``, ``computed_seconds`` and ``saved_seconds`` summed over every
+    decorated function of this process (see :mod:`~.call_stats`), and how many ``functions``
+    counted anything; ``reset=True`` sets every function's counters back to zero."""
+    total = dict(ZERO, functions=0)
+    for persisted in list(_INSTANCES):
+        counts = persisted.stats.snapshot(reset)
+        if counts["hits"] or counts["misses"]:
+            total["functions"] += 1
+        for name in ZERO:
+            total[name] += counts[name]
+    return total
+
+
 def _after_fork_in_child() -> None:
     """Give every decorated function a new resolve lock in a forked child: the child has only
     the thread that forked, so a lock another thread of the parent held at the fork (during
@@ -457,6 +682,8 @@ def _after_fork_in_child() -> None:
     function would hang. What that thread was resolving is redone: ``_version`` is set last."""
     for persisted in list(_INSTANCES):
         persisted._resolve_lock = threading.Lock()
+        persisted.stats.after_fork()
+        persisted.code._lock = threading.Lock()
         if persisted.captured is not None:  # a closure's runs under way: see after_fork
             persisted.captured.after_fork()
 
@@ -479,18 +706,25 @@ def decorate(func: Callable, config: Config, **options: Any) -> Callable:
         raise TypeError(
             "persistf cannot cache a lambda: every lambda of a module would share one cache "
             "folder ('lambda') and return each other's results. Define it with def and a name.")
-    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func) \
-            or inspect.isgeneratorfunction(func):
-        raise TypeError(f"persistf cannot cache {func.__qualname__}: it returns a coroutine or "
-                        "a generator, not a result. Cache a function that returns the finished "
-                        "result (for example a list, or the awaited value).")
+    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
+        raise TypeError(f"persistf cannot cache {func.__qualname__}: it returns a generator, "
+                        "not a result. Cache a function that returns the finished result (for "
+                        "example a list of what it yields).")
     binder = CallBinder(func)
     persisted = PersistedFunction(func, config, binder, make_options(func, binder, **options))
-    fast_path = persisted.fast_path  # bound once: a call costs no attribute lookup for it
+    if inspect.iscoroutinefunction(func):
+        from .coroutines import AsyncCall  # (asyncio only for coroutine functions)
+        call = AsyncCall(persisted)
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        return fast_path(args, kwargs)
+        @functools.wraps(func)
+        async def wrapper(*args, **kwargs):
+            return await call(args, kwargs)
+    else:
+        fast_path = persisted.fast_path  # bound once: a call costs no attribute lookup for it
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return fast_path(args, kwargs)
 
     def is_cached(*args, **kwargs) -> bool:
         """Whether a result is stored for this call (never computes)."""
@@ -502,8 +736,7 @@ def decorate(func: Callable, config: Config, **options: Any) -> Callable:
 
     def cache_folder() -> str:
         """The function's folder in the cache tree (groupby leaves are below it)."""
-        if persisted._version != config.version:
-            persisted.resolve()
+        persisted._resolved()
         return persisted.folder
 
     wrapper.is_cached = is_cached

@@ -8,6 +8,7 @@ never imports this layer).
 
 import os
 import sys
+import logging
 import warnings
 
 from .engine.errors import (  # noqa: F401  (re-exported)
@@ -61,5 +62,8 @@ def user_stacklevel() -> int:
 
 
 def warn(message: str) -> None:
-    """Issue a :class:`PersistWarning` pointed at the user's line that led to it."""
+    """Issue a :class:`PersistWarning` pointed at the user's line that led to it, and log it
+    at WARNING on the logger ``persist_to_disk`` (logged first: a warnings filter set to
+    ``error`` raises)."""
+    logging.getLogger("persist_to_disk").warning("%s", message)
     warnings.warn(message, PersistWarning, stacklevel=user_stacklevel())

@@ -12,11 +12,11 @@ it wraps) never are.
 """
 
 import functools
+import inspect
 import logging
-import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from .errors import PersistWarning, user_stacklevel
+from .errors import warn
 from .keying import CapturedValues
 
 log = logging.getLogger("persist_to_disk")
@@ -85,7 +85,14 @@ def bracketing_runs(func: Callable, captured: CapturedValues) -> Callable:
     that what a run changes in place in a captured value (a list of calls it appends to, a
     dict it memoizes into) is keyed as it was before the run: later calls keep hitting,
     without naming the variable in skip_kwargs. Nothing after the run may raise into the
-    call: a computed result is never thrown away for the sake of bookkeeping."""
+    call: a computed result is never thrown away for the sake of bookkeeping.
+
+    For an ``async def`` the run is the awaited coroutine, from its first step to its result:
+    calling ``func`` only creates the coroutine, and what it changes happens while it is
+    awaited (:func:`bracketing_awaited_runs`)."""
+    if inspect.iscoroutinefunction(func):
+        return bracketing_awaited_runs(func, captured)
+
     @functools.wraps(func)
     def run(*args, **kwargs):
         started = captured.begin_run()
@@ -100,19 +107,37 @@ def bracketing_runs(func: Callable, captured: CapturedValues) -> Callable:
     return run
 
 
+def bracketing_awaited_runs(func: Callable, captured: CapturedValues) -> Callable:
+    """:func:`bracketing_runs` for a coroutine function: a coroutine function again (same
+    signature, ``inspect.iscoroutinefunction`` true), whose run begins when the coroutine is
+    first stepped and ends when it returns, raises or is cancelled. Runs of concurrent tasks
+    of one event loop overlap like runs of one thread's recursion: a captured value's changes
+    are aliased when the last of them ends."""
+    @functools.wraps(func)
+    async def run(*args, **kwargs):
+        started = captured.begin_run()
+        try:
+            return await func(*args, **kwargs)
+        finally:
+            try:
+                captured.end_run(started)
+            except Exception:  # (end_run catches its own; this is the last resort)
+                log.debug("persistf on %s: noting what a run changed in its captured "
+                          "variables failed", captured.function_name, exc_info=True)
+    return run
+
+
 def _warn_unkeyable_captured(qualname: str, name: str, err: Exception) -> None:
-    warnings.warn(
+    warn(
         f"persistf on {qualname}: the captured variable {name!r} cannot be part of the cache key "
         f"({err}); closures that differ only in it will share cached results. Pass it as an "
-        "argument instead, or list it in skip_kwargs if it does not change the result.",
-        PersistWarning, stacklevel=user_stacklevel())
+        "argument instead, or list it in skip_kwargs if it does not change the result.")
 
 
 def _warn_changing_captured(qualname: str, name: str) -> None:
-    warnings.warn(
+    warn(
         f"persistf on {qualname}: another thread kept changing the captured variable {name!r} "
         "while it was being keyed; a call keyed meanwhile computes its result without the cache "
         "(keyed by a state half-way through a change, it could return another state's "
         "result). Pass the value as an argument, or guard it with a lock the caller and that "
-        "thread share, or list it in skip_kwargs if it does not change the result.",
-        PersistWarning, stacklevel=user_stacklevel())
+        "thread share, or list it in skip_kwargs if it does not change the result.")

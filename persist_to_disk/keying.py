@@ -299,12 +299,14 @@ _HASHER = hashlib.blake2b(digest_size=DIGEST_SIZE)  # copied per digest: cheaper
 
 
 def call_digest(group_values: Tuple[Any, ...], key: Tuple[Tuple[str, Any], ...],
-                function_name: str = "the function", group_names: Tuple[str, ...] = ()
-                ) -> bytes:
+                function_name: str = "the function", group_names: Tuple[str, ...] = (),
+                hasher: Optional["hashlib._Hash"] = None) -> bytes:
     """16-byte blake2b digest of a call: its groupby values and its sorted key tuple.
 
     The groupby values are part of the digest (not only of the folder name), so ``1`` and
-    ``"1"``, which share the folder ``1``, never share a result.
+    ``"1"``, which share the folder ``1``, never share a result. ``hasher``: the blake2b the
+    bytes go into (copied, never updated), :func:`salted_hasher`'s for a function whose
+    ``version`` or code is part of its calls' identity; the plain one by default.
     """
     out = bytearray(b"(")
     out += _length(len(group_values))
@@ -331,9 +333,18 @@ def call_digest(group_values: Tuple[Any, ...], key: Tuple[Tuple[str, Any], ...],
             f"Argument {name!r} of {function_name} is nested too deeply to be used as a cache "
             "key."
         ) from None
-    hasher = _HASHER.copy()
+    hasher = (_HASHER if hasher is None else hasher).copy()
     hasher.update(out)
     return hasher.digest()
+
+
+def salted_hasher(salt: bytes) -> "hashlib._Hash":
+    """The blake2b every call digest of a function starts from: keyed with ``salt`` (at most
+    64 bytes) when the function's ``version`` or code fingerprint is part of its identity, so
+    that the same arguments name another record in each version, at no cost per call (the
+    keyed hasher is copied as the plain one is). An empty salt gives the plain hasher: the
+    digests of a function without a version are those of every earlier release."""
+    return hashlib.blake2b(digest_size=DIGEST_SIZE, key=salt) if salt else _HASHER
 
 
 _EMPTY = object()  # what an empty cell (a variable not assigned yet) holds for CapturedValues
@@ -899,13 +910,17 @@ class CallKeyer:
     depend on values (``groupby``, ``expand_dict_kwargs``: pass ``plannable=False``), extra
     ``*args``, calls Python would reject, and values that cannot be keyed (the general path
     raises the error that names the argument).
+
+    ``hasher``: the blake2b the digest starts from (:func:`salted_hasher`), as for
+    :func:`call_digest`.
     """
 
     MAX_SHAPES = 64  # functions taking **kwargs can be called with endless keyword sets
 
     def __init__(self, bind: Callable[[tuple, dict], Dict[str, Any]], skip: Sequence[str] = (),
                  extra: Union[Tuple[Tuple[str, Any], ...], "CapturedValues"] = (),
-                 plannable: bool = True) -> None:
+                 plannable: bool = True, hasher: Optional["hashlib._Hash"] = None) -> None:
+        self._hasher = _HASHER if hasher is None else hasher
         self._bind = bind
         self._skip = tuple(skip)
         self._captured = extra if isinstance(extra, CapturedValues) else None
@@ -940,7 +955,7 @@ class CallKeyer:
             data = encode(inputs)
         except (UnkeyableValue, RecursionError):
             return None
-        hasher = _HASHER.copy()
+        hasher = self._hasher.copy()
         hasher.update(data)
         return hasher.digest()
 

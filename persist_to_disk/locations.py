@@ -81,9 +81,9 @@ def module_parts(func: Callable, project_path: str) -> List[str]:
     parts = _parts_inside_project(source, project_path)
     if parts is not None:
         return parts
-    module = getattr(func, "__module__", None) or "__main__"
-    if module != "__main__":
-        return [OUTSIDE_PROJECT_MODULES, module]
+    module = _module_name(getattr(func, "__module__", None) or "__main__")
+    if module not in ("__main__", "__mp_main__"):  # (a spawn worker imports the script as
+        return [OUTSIDE_PROJECT_MODULES, module]   # __mp_main__: the same script's folder)
     return [OUTSIDE_PROJECT_SCRIPTS, os.path.splitext(os.path.basename(source))[0]]
 
 

@@ -14,6 +14,7 @@ function, the option and what was given, and nothing has been written to disk.
 """
 
 import dataclasses
+import datetime
 import inspect
 import math
 import textwrap
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union)
 
 from .binding import CallBinder
+from .code_identity import check_version, parse_code_changes
 from .engine import Durability, LockScope
 from .errors import ConfigError
 from .identity import captured_names
@@ -108,6 +110,20 @@ def _seconds(value, option: str) -> Optional[float]:
     return value
 
 
+def max_age_seconds(value, option: str) -> Optional[float]:
+    """Seconds (a number or a ``datetime.timedelta``) a stored result stays good, or None
+    (for ever). The one parser of the option and of the per-call keyword."""
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 <= value < math.inf:
+        raise ValueError(f"{option} must be None (never expires), seconds >= 0 or a "
+                         f"datetime.timedelta; got {value!r}")
+    return float(value)
+
+
 def _unless_none(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     """``parse``, letting None (the option left to the settings) through."""
     def parse_given(value, option: str):
@@ -175,6 +191,25 @@ class PersistOptions:
         bool, True, _flag,
         "``False`` keeps this function's results on this machine even when a shared cache "
         "(``remote = s3://...``) is configured.")
+    version: Any = option(
+        Any, None, lambda value, name: check_version(value, name),
+        "any value that can be keyed (``\"v2\"``, ``3``, a tuple): part of every call's "
+        "identity. Bump it to compute anew after changing what the function computes; set it "
+        "back to find the old results again. Nothing is deleted.")
+    code_changes: Optional[str] = option(
+        Optional[str], None, _unless_none(parse_code_changes),
+        "what an edit of the function's code (or of a project helper it calls) does: "
+        "``'warn'`` (default from config: results are returned, and a hit on a result stored "
+        "by other code warns once), ``'recompute'`` (the code is part of the identity: edited "
+        "code computes anew, reverted code hits its old results) or ``'ignore'``.")
+    max_age: Optional[float] = option(
+        Optional[Union[float, datetime.timedelta]], None, _unless_none(max_age_seconds),
+        "seconds (or a ``timedelta``) a stored result stays good; an older one is computed "
+        "again and stored as the newest version. ``None``: for ever.")
+    max_age_kwarg: str = option(
+        str, "cache_max_age", _keyword,
+        "name of the call-time keyword that overrides ``max_age`` for one call (``None`` "
+        "there: never expires); it is removed before the function is called.")
 
 
 #: The option fields, in ``persistf``'s order.
@@ -275,3 +310,11 @@ def _check_against_signature(func: Callable, binder: CallBinder, options: Persis
         raise ConfigError(f"{where}: {func.__qualname__} has a parameter named {switch_kwarg!r}, "
                           "which is the keyword that selects the cache mode; pass "
                           "switch_kwarg='<another name>' to persistf")
+    max_age_kwarg = options.max_age_kwarg
+    if max_age_kwarg in binder.names:
+        raise ConfigError(f"{where}: {func.__qualname__} has a parameter named "
+                          f"{max_age_kwarg!r}, which is the keyword that sets a call's max_age; "
+                          "pass max_age_kwarg='<another name>' to persistf")
+    if max_age_kwarg == switch_kwarg:
+        raise ConfigError(f"{where}: switch_kwarg and max_age_kwarg are both {switch_kwarg!r}; "
+                          "give them different names")

@@ -9,7 +9,8 @@ key) at the first call, never as an import error. Changes made after import (for
 
 Settings come from, lowest first: defaults, ``config.ini``, environment variables
 (``PERSIST_TO_DISK_PERSIST_PATH``, ``..._PERSIST_PATH_LOCAL``, ``..._HASHSIZE``,
-``..._LOCK_GRANULARITY``, ``..._DURABILITY``, ``..._SHARED``, ``..._PROJECT_PATH``), calls made
+``..._LOCK_GRANULARITY``, ``..._DURABILITY``, ``..._SHARED``, ``..._CODE_CHANGES``,
+``..._PROJECT_PATH``), calls made
 in code. A setting made in code is also written to its environment variable, so that child
 processes -- a ``multiprocessing`` pool started with ``spawn``, which never runs the parent's
 ``if __name__ == "__main__"`` block, or a ``subprocess`` -- use the same cache as the parent.
@@ -33,17 +34,20 @@ and it must be UTF-8 text; anything wrong with the settings is a :class:`ConfigE
 
 import configparser
 import io
+import logging
 import os
 import tempfile
 import threading
-import warnings
+import time
 import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .engine import (MAX_BUCKET, Durability, EngineError, EngineSettings, LocalStorage,
                      LockScope, Sharing, Wording, make_private_dirs)
 from .engine import settings as engine_settings
-from .errors import ConfigError, PersistWarning
+from .code_identity import DEFAULT_POLICY as DEFAULT_CODE_CHANGES
+from .code_identity import parse_code_changes
+from .errors import ConfigError, warn
 from .imported import legacy_buckets_message
 from .projects import check_project_path, check_settings_folder, project_id, read_settings_file
 from .remote_config import DEFAULTS as REMOTE_DEFAULTS
@@ -193,6 +197,8 @@ class Config:
         # (version and PERSIST_TO_DISK_INITIAL_MAP_SIZE it was built for, the tier)
         self._storage: Optional[Tuple[Tuple[int, Optional[str]], LocalStorage, Any]] = None
         self.version = 0
+        #: When records are dated and ``max_age`` is measured (:meth:`set_clock`).
+        self.clock: Callable[[], float] = time.time
 
     @staticmethod
     def _initial_project_path() -> str:
@@ -216,7 +222,8 @@ class Config:
                 "hashsize": str(DEFAULT_HASHSIZE),
                 "lock_granularity": DEFAULT_LOCK_GRANULARITY,
                 "durability": DEFAULT_DURABILITY,
-                "shared": DEFAULT_SHARED, **REMOTE_DEFAULTS}
+                "shared": DEFAULT_SHARED, "code_changes": DEFAULT_CODE_CHANGES,
+                **REMOTE_DEFAULTS}
 
     def _ensure_loaded(self) -> None:
         if self._loaded:
@@ -240,18 +247,16 @@ class Config:
                 if parser.has_section(SECTION):
                     for key, value in parser[SECTION].items():
                         if key not in values:
-                            warnings.warn(
+                            warn(
                                 f"{path}: [{SECTION}] has an unknown key {key!r}, which is "
-                                f"ignored; the keys are {', '.join(sorted(values))}.",
-                                PersistWarning, stacklevel=3)
+                                f"ignored; the keys are {', '.join(sorted(values))}.")
                         elif value.strip():
                             values[key] = value.strip()
                 misplaced = [name for name in parser.sections() if name != SECTION]
                 if misplaced:
-                    warnings.warn(
+                    warn(
                         f"{path}: the section(s) {', '.join(f'[{n}]' for n in misplaced)} are "
-                        f"ignored; settings are read from [{SECTION}] only.",
-                        PersistWarning, stacklevel=3)
+                        f"ignored; settings are read from [{SECTION}] only.")
             source = {key: f"{path}: [{SECTION}] {key}" for key in values}
             for key in values:
                 inherited = os.environ.get(ENV_PREFIX + key.upper(), "").strip()
@@ -268,7 +273,8 @@ class Config:
             }
             for key, parse in (("lock_granularity", LockScope.parse),
                                ("durability", Durability.parse),
-                               ("shared", Sharing.parse)):
+                               ("shared", Sharing.parse),
+                               ("code_changes", parse_code_changes)):
                 try:
                     settings[key] = parse(values[key])
                 except ValueError as err:
@@ -297,8 +303,8 @@ class Config:
         return folder
 
     def reload(self) -> None:
-        """Forget settings made in code (and their exported environment variables) and read the
-        environment and ``config.ini`` again."""
+        """Forget settings made in code (and their exported environment variables, and a clock
+        set with :meth:`set_clock`) and read the environment and ``config.ini`` again."""
         with self._lock:
             for name, value in self._exported.items():
                 if os.environ.get(name) == value:
@@ -307,6 +313,7 @@ class Config:
             self._settings, self._loaded = {}, False
             self._project_path = self._initial_project_path()
             self._project_roots.clear()
+            self.clock = time.time
             self.version += 1
 
     # --- the seed's API -------------------------------------------------------------------
@@ -326,6 +333,8 @@ class Config:
             "durability": self._settings["durability"].value,
             "shared": self._settings["shared"].value,
         }
+        if self._settings["code_changes"] != DEFAULT_CODE_CHANGES:  # (older versions: unknown)
+            parser[SECTION]["code_changes"] = self._settings["code_changes"]
         for key in REMOTE_DEFAULTS:  # written only when set, so older versions read the file
             value = self._settings[key]
             if key == "remote_unsigned":
@@ -362,7 +371,7 @@ class Config:
                     os.unlink(temporary)
                 except OSError:
                     pass
-        print(f"Settings written to {path}")
+        logging.getLogger("persist_to_disk").info("Settings written to %s", path)
         return path
 
     def _set(self, key: str, value: Any) -> Any:
@@ -475,6 +484,28 @@ class Config:
         explicit opt-in: they could run code in your processes); ``'no'`` (or False, the
         default) keeps everything owner-only."""
         return self._set("shared", Sharing.parse(shared)).value
+
+    def set_code_changes(self, policy: str) -> str:
+        """What an edit of a cached function's code does, for every function that does not
+        say (``persistf(code_changes=...)``): ``'warn'`` (default), ``'recompute'`` or
+        ``'ignore'`` (README: "When the code changes")."""
+        try:
+            return self._set("code_changes", parse_code_changes(policy))
+        except ValueError as err:
+            raise ConfigError(f"config.set_code_changes: {err}") from None
+
+    def get_code_changes(self) -> str:
+        self._ensure_loaded()
+        return self._settings["code_changes"]
+
+    def set_clock(self, clock: Optional[Callable[[], float]] = None) -> None:
+        """The clock (seconds since the epoch, like ``time.time``) records are dated by and
+        ``max_age`` is measured with; ``None`` restores ``time.time``. For tests of expiry
+        without sleeping; it is not a setting child processes inherit."""
+        if clock is not None and not callable(clock):
+            raise ConfigError(f"config.set_clock takes a function returning seconds since the "
+                              f"epoch, or None; got {clock!r:.100}")
+        self.clock = time.time if clock is None else clock
 
     def get_persist_path(self, local: bool = False) -> str:
         self._ensure_loaded()

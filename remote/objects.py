@@ -18,7 +18,10 @@ Layout of an object::
 * message = ``b"persist_to_disk object\\0" + name (utf-8) + b"\\0" + every byte before the
   trailer``.
 * header = ``{"created", "compute_seconds", "serializer", "python_version", "origin",
-  "key_size", "value_size"}``; the sizes must add up to the object's size.
+  "key_size", "value_size"}``, and ``"code"`` (``Record.code``) when the record has one
+  (objects written before code versions have none: their code is ``""``); the sizes must add
+  up to the object's size. Like every header byte, the code is inside the MAC: an object
+  cannot be passed off as another code version's result.
 
 Objects stream both ways: :func:`object_chunks` yields slices of the value (no copy) and the
 trailer last, computed as it goes, for a multipart upload; :func:`open_object` reads the header
@@ -98,6 +101,8 @@ def _header_bytes(record: Record) -> bytes:
               "serializer": record.serializer, "python_version": record.python_version,
               "origin": record.origin, "key_size": len(record.key_blob),
               "value_size": _nbytes(record.value_blob)}
+    if record.code:
+        header["code"] = record.code
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
@@ -143,6 +148,7 @@ class RemoteObject(NamedTuple):
     origin: str
     key_blob: bytes
     value_size: int
+    code: str = ""  # absent from objects written before code versions
 
 
 def _read_exact(stream: BinaryIO, n: int, name: str, what: str) -> bytes:
@@ -214,7 +220,8 @@ def _open(name: str, stream: BinaryIO, size: int, signer: Signer):
                           float(_number(header, "compute_seconds", name)),
                           _text(header, "serializer", name),
                           _text(header, "python_version", name),
-                          _text(header, "origin", name), key_blob, value_size)
+                          _text(header, "origin", name), key_blob, value_size,
+                          _text(header, "code", name) if "code" in header else "")
     if "+" in opened.serializer:
         raise ObjectRejected(name, "its header's serializer name contains '+'")
     return opened, mac
@@ -282,4 +289,4 @@ def read_record(name: str, stream: BinaryIO, size: int, signer: Signer) -> Recor
     if opened.value_size <= 64 * 1024:
         value = bytes(value)  # small values as bytes, like the local tier's records
     return Record(RecordKind.VALUE, opened.created, opened.compute_seconds, opened.serializer,
-                  opened.python_version, opened.key_blob, value, 0, opened.origin)
+                  opened.python_version, opened.key_blob, value, 0, opened.origin, opened.code)

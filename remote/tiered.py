@@ -33,14 +33,14 @@ import socket
 import threading
 import time
 import weakref
-from typing import (Any, BinaryIO, Callable, Iterator, List, NamedTuple, Optional, Tuple,
-                    TypeVar)
+from typing import (Any, BinaryIO, Callable, Dict, Iterator, List, NamedTuple, Optional,
+                    Tuple, TypeVar)
 
 from ..engine.durability import Durability
 from ..engine.errors import EngineError
 from ..engine.interface import CallStore, ComputeLock, StorageTier
 from ..engine.locks import LockScope, Timeout
-from ..engine.records import Record
+from ..engine.records import CodeVersionStats, Record
 from .health import RemoteHealth
 from .pending import PendingUpload, PendingUploads
 from .settings import RemoteSettings
@@ -535,7 +535,7 @@ class TieredStore:
                         bucket, digest, write_value, created=header.created,
                         compute_seconds=header.compute_seconds,
                         python_version=header.python_version, key_blob=header.key_blob,
-                        origin=header.origin)
+                        origin=header.origin, code=header.code)
                     shared.health.succeeded()
                     return True
                 except EngineError as err:
@@ -575,12 +575,13 @@ class TieredStore:
     def append_value(self, bucket: int, digest: bytes, write_value: Callable[[BinaryIO], str],
                      *, created: float, compute_seconds: float, python_version: str,
                      key_blob: bytes, meta: Optional[dict] = None, origin: str = "",
-                     replace: bool = False) -> int:
+                     replace: bool = False, code: str = "") -> int:
         """Append locally, then upload (first writer wins, or ``replace``); a failed upload is
-        owed, never an error."""
+        owed, never an error. ``code`` travels in the object's header (signed with it)."""
         sequence = self.local.append_value(
             bucket, digest, write_value, created=created, compute_seconds=compute_seconds,
-            python_version=python_version, key_blob=key_blob, meta=meta, origin=origin)
+            python_version=python_version, key_blob=key_blob, meta=meta, origin=origin,
+            code=code)
         self.upload(bucket, digest, replace=replace)
         return sequence
 
@@ -700,6 +701,10 @@ class TieredStore:
 
     def stats(self) -> Any:
         return self.local.stats()
+
+    def code_versions(self) -> Dict[str, CodeVersionStats]:
+        """This machine's records only (counting the remote's would read every object)."""
+        return self.local.code_versions()
 
     def read_meta(self) -> dict:
         return self.local.read_meta()

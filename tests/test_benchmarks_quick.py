@@ -5,6 +5,8 @@ library has a figure or an explicit reason in every cell, and that it leaves not
 """
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,3 +111,13 @@ def test_a_fill_whose_cost_per_entry_grows_is_estimated_longer_than_a_flat_one()
     # range (700 entries), times 1,000 entries
     assert estimate_seconds(growing, 200, 1_200) == pytest.approx(7.0)
     assert fill_estimate(growing, 0, 1_200) > estimate_seconds(growing, 200, 1_200)
+
+
+def test_the_async_hit_benchmark_runs_and_reports_both_paths(tmp_path):
+    """``benchmarks/async_hit.py`` (issue 14's figure), with tiny sizes."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "async_hit.py"
+    result = subprocess.run([sys.executable, str(script), "--entries", "20", "--hits", "50",
+                             "--rounds", "1"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "sync hit" in result.stdout and "async hit" in result.stdout

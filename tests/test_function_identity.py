@@ -7,6 +7,7 @@ decoration with a message that says what to do instead.
 
 import asyncio
 import functools
+import inspect
 
 import pytest
 
@@ -109,7 +110,7 @@ def test_callables_without_a_def_are_refused_with_a_clear_type_error(callable_, 
         ptd.persistf()(callable_)
 
 
-def test_coroutine_and_generator_functions_are_refused_at_decoration():
+def test_generator_functions_are_refused_at_decoration_and_coroutine_functions_are_not():
     async def fetch(url):
         await asyncio.sleep(0)
         return url
@@ -117,9 +118,14 @@ def test_coroutine_and_generator_functions_are_refused_at_decoration():
     def numbers(n):
         yield from range(n)
 
-    for func in (fetch, numbers):
-        with pytest.raises(TypeError, match="coroutine or a generator"):
+    async def stream(n):
+        for i in range(n):
+            yield i
+
+    for func in (numbers, stream):
+        with pytest.raises(TypeError, match="a generator"):
             ptd.persistf()(func)
+    assert inspect.iscoroutinefunction(ptd.persistf()(fetch))  # tests/test_async.py
 
 
 def test_what_a_wrapper_decorator_captured_is_part_of_the_key_too():

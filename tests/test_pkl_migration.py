@@ -161,7 +161,7 @@ def test_exported_cache_is_hit_by_the_real_0_0_7_without_calling_the_function(
     script_result = ("1 key has no json hash, " if hash_method == "json" else "")
     script_result_loaded = ("" if hash_method == "json" else
                             "1 result uses a class or function of a script's __main__, ")
-    assert ("Skipped 4 entries 0.0.7 cannot hold: 1 another call has the same 0.0.7 key, "
+    assert ("Skipped 4 entries 0.0.7 cannot hold: 1 a newer result has the same 0.0.7 key, "
             f"{script_result}1 result needs cloudpickle, {script_result_loaded}1 unhashable"
             ) in printed, printed
 

@@ -143,7 +143,7 @@ def _format_1(record: Record) -> bytes:
 
 
 def test_records_of_format_1_without_a_checksum_stay_readable(ptd_env, capsys):
-    assert RECORD_FORMAT == 2
+    assert RECORD_FORMAT > 1
     compute, calls = counting()
     compute(0)  # creates the store
     store, bucket, digest, key = compute.__persisted__.locate((5,), {})

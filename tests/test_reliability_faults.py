@@ -260,7 +260,7 @@ def test_a_record_of_a_newer_format_is_a_miss_with_a_warning_and_is_kept(ptd_env
     assert compute(1) == (1, 1) and compute(2) == (2, 2)
     store, bucket, digest, _ = compute.__persisted__.locate((1,), {})
     newer = bytearray(encode_record(Store(store.path).latest(bucket, digest)))
-    newer[0] = 3  # the record format byte of a future version
+    newer[0] = 4  # the record format byte of a future version
     _put_raw(store, bucket, digest, 1, bytes(newer))
 
     with warnings.catch_warnings(record=True) as caught:

@@ -194,7 +194,8 @@ OPTIONS_AND_DEFAULTS = {
     "groupby": None, "expand_dict_kwargs": None, "skip_kwargs": None, "hashsize": None,
     "hash_size": None, "lock_granularity": None, "switch_kwarg": "cache_switch", "cache": None,
     "hash_method": "pickle", "local": False, "durability": None, "lock_timeout": None,
-    "remote": True,
+    "remote": True, "version": None, "code_changes": None, "max_age": None,
+    "max_age_kwarg": "cache_max_age",
 }
 
 
@@ -223,7 +224,8 @@ def test_persistf_accepts_every_option_of_the_one_list_and_validates_it(ptd_env)
     given = dict(groupby=["leaf"], expand_dict_kwargs="all", skip_kwargs=["verbose"],
                  hash_size=7, lock_granularity="func", switch_kwarg="mode", cache=ptd.CACHE,
                  hash_method="json", local=True, durability="fast", lock_timeout=5,
-                 remote=False)
+                 remote=False, version=("v", 2), code_changes="recompute", max_age=60,
+                 max_age_kwarg="fresh_for")
     fields = {field.name for field in dataclasses.fields(PersistOptions)}
     assert set(given) - {"hash_size"} | {"hashsize"} == fields, "one value for every option"
 
@@ -238,6 +240,8 @@ def test_persistf_accepts_every_option_of_the_one_list_and_validates_it(ptd_env)
             options.cache, options.hash_method, options.local, options.durability.value,
             options.lock_timeout, options.remote) == (7, "func", "mode", ptd.CACHE, "json",
                                                       True, "fast", 5, False)
+    assert (options.version, options.code_changes, options.max_age, options.max_age_kwarg) == (
+        ("v", 2), "recompute", 60.0, "fresh_for")
     assert compute(1, "a", mode=ptd.CACHE) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -26,7 +26,10 @@ by project. Run it from the project's environment (its classes are only needed f
 merging into bucket files that exist). 0.0.7 processes may use DEST meanwhile: each bucket file
 is merged under their lock files (call and func granularity; stop jobs configured with
 lock_granularity='global'). Results needing cloudpickle, and keys 0.0.7 cannot hold
-(unhashable values, *args), are skipped and counted. Bucket files already in DEST are loaded to
+(unhashable values, *args), are skipped and counted. 0.0.7 has no versions: where several of
+our results have one 0.0.7 key (other version= values or code versions of a call, groupby
+values 1 and '1'), the result created last is exported and the others are skipped and
+counted. Bucket files already in DEST are loaded to
 merge into them, so a DEST folder or file owned by another user or writable by others is
 refused (exit status 1) unless the setting shared allows it, as for the cache.
 """
@@ -38,7 +41,8 @@ def add_parser(commands) -> None:
         description=output.paragraph(
             "Export the stores under SRC as persist-to-disk 0.0.7 bucket files under "
             "DEST, merged into the bucket files already there (their other entries "
-            "are kept)."),
+            "are kept). Of several results with one 0.0.7 key (versions or code "
+            "versions of a call), the one created last is exported."),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.set_defaults(run=run)

@@ -3,12 +3,15 @@
 Entries are calls with a stored result; versions count every record (recomputed calls keep their
 older versions until ``ptd compact``); tombstones are deleted calls. Each record carries the
 seconds its computation took, so the sum over the entries is the time one hit on each of them
-saves.
+saves, and the code version that computed it (its code fingerprint and ``version=``), so the
+results are also counted per code version, superseded ones included (``ptd compact
+--drop-old-code`` drops those of every code fingerprint but the newest, whatever their
+``version=``).
 """
 
 import argparse
-from dataclasses import asdict, dataclass
-from typing import List, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 from ..engine.interface import StorageTier
 from ..imported import is_imported
@@ -32,7 +35,9 @@ def add_parser(commands) -> None:
         description=output.paragraph(
             "Show what the cache of one function (all its groupby leaves) or of one "
             "leaf holds: entries, versions, tombstones, live and on-disk bytes, "
-            "oldest and newest entry, and the compute time stored (what hits save)."),
+            "oldest and newest entry, the compute time stored (what hits save), and "
+            "how many results each code version of the function wrote and when it last "
+            "wrote one."),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", metavar="FUNCTION-OR-LEAF",
                         help="a folder path, or a function or leaf name found under --root")
@@ -57,11 +62,22 @@ class LeafStats:
     newest: Optional[float]
     compute_seconds: float
     imported: int
+    #: ``{code: [results, last written]}`` over every stored result (superseded included).
+    code_versions: Dict[str, list] = field(default_factory=dict)
+
+
+def code_parts(code: str) -> Tuple[str, Optional[str]]:
+    """``(fingerprint, version label or None)`` of a record's code (``("", None)`` for
+    results of unknown code)."""
+    from ..fingerprint import parse_code_tag  # the one place the tag's format is known
+    return parse_code_tag(code)
 
 
 def leaf_stats(leaf: targets.Leaf, storage: StorageTier) -> LeafStats:
     store = storage.open_store(leaf.path)
     counts = store.stats()
+    versions = {code: [found.records, found.last_written]
+                for code, found in store.code_versions().items()}
     oldest = newest = None
     compute = 0.0
     imported = 0
@@ -73,7 +89,33 @@ def leaf_stats(leaf: targets.Leaf, storage: StorageTier) -> LeafStats:
     disk_bytes, _ = targets.usage(leaf.path, storage)
     return LeafStats(leaf.path, leaf.leaf, counts.entries, counts.versions, counts.tombstones,
                      counts.unreadable, counts.live_bytes, counts.file_bytes, disk_bytes, oldest,
-                     newest, compute, imported)
+                     newest, compute, imported, versions)
+
+
+def code_versions(leaves: List[LeafStats]) -> List[dict]:
+    """The code versions of ``leaves`` (summed over them), the most recently written first:
+    ``{"code", "fingerprint", "version", "results", "last_written"}`` each."""
+    merged: Dict[str, list] = {}
+    for stats in leaves:
+        for code, (results, last) in stats.code_versions.items():
+            total = merged.setdefault(code, [0, last])
+            total[0] += results
+            total[1] = max(total[1], last)
+    rows = []
+    for code, (results, last) in sorted(merged.items(), key=lambda item: -item[1][1]):
+        fingerprint, version = code_parts(code)
+        rows.append({"code": code, "fingerprint": fingerprint, "version": version,
+                     "results": results, "last_written": last})
+    return rows
+
+
+def _code_table(rows: List[dict]) -> str:
+    return output.table(
+        ["FINGERPRINT", "VERSION", "RESULTS", "LAST WRITTEN"],
+        [[row["fingerprint"][:12] or ("(unknown code)" if not row["code"] else "-"),
+          row["version"] if row["version"] is not None else "-", row["results"],
+          format_time(row["last_written"])] for row in rows],
+        right=("RESULTS",))
 
 
 def _total(leaves: List[LeafStats]) -> dict:
@@ -94,6 +136,13 @@ def _total(leaves: List[LeafStats]) -> dict:
     }
 
 
+def _leaf_document(stats: LeafStats) -> dict:
+    document = asdict(stats)
+    document["code_versions"] = {code: {"results": results, "last_written_epoch": last}
+                                 for code, (results, last) in stats.code_versions.items()}
+    return document
+
+
 def run(args, storage: StorageTier) -> int:
     root = args.root or targets.default_root()
     leaves = targets.resolve(args.target, root, storage)
@@ -103,6 +152,7 @@ def run(args, storage: StorageTier) -> int:
             collected.append(leaf_stats(leaf, storage))
             advance(1)
     total = _total(collected)
+    versions = code_versions(collected)
     folders = sorted({leaf.function_folder for leaf in leaves})
     names = sorted({leaf.function_name or "" for leaf in leaves})
     title = folders[0] if len(folders) == 1 else f"{args.target} ({len(folders)} functions)"
@@ -111,7 +161,11 @@ def run(args, storage: StorageTier) -> int:
         document = {"function": function, "function_folder": title,
                     "leaves": len(collected), **total, "oldest": iso_time(total["oldest"]),
                     "newest": iso_time(total["newest"]), "oldest_epoch": total["oldest"],
-                    "newest_epoch": total["newest"], "per_leaf": [asdict(s) for s in collected]}
+                    "newest_epoch": total["newest"],
+                    "code_versions": [{**row, "last_written": iso_time(row["last_written"]),
+                                       "last_written_epoch": row["last_written"]}
+                                      for row in versions],
+                    "per_leaf": [_leaf_document(s) for s in collected]}
         output.print_json(document)
         return OK
     print(f"{title} ({function})" if function else title)
@@ -134,9 +188,15 @@ def run(args, storage: StorageTier) -> int:
     ]
     if total["unreadable"]:
         lines.append(("unreadable", f"{total['unreadable']} entries written by a newer version"))
+    if any(row["code"] for row in versions):
+        lines.append(("code versions", f"{len(versions)} (results of each, superseded "
+                                       "included, most recently written first)"))
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         print(f"  {label + ':':<{width + 1}} {value}")
+    if any(row["code"] for row in versions):
+        print()
+        print(_code_table(versions))
     if len(collected) > 1:
         print()
         print(output.table(

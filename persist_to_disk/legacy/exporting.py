@@ -10,17 +10,26 @@ reported (0.0.7 itself would replace it with an empty one). Bucket files already
 pickles too: DEST's folders and each file are checked against the trust rule before one is
 loaded (:mod:`.buckets`), with the same opt-in (``shared``) as our caches.
 
+0.0.7 has one result per key, and several of our calls can have the same 0.0.7 key: the results
+of other ``version=`` values or code versions of one call (each is a call of its own here, kept
+side by side), and calls 0.0.7 spells alike (groupby values ``1`` and ``'1'`` share a folder).
+Of those, the result created last is exported; the others are skipped and counted. Dates that
+tie (a coarse or pinned clock) go to the call recomputed most (the highest sequence: a call's
+records are appended in sequence order), then to the call's key, so that the same store
+always exports the same result.
+
 Each result goes into the file as the pickle bytes we stored (see
 :class:`~.buckets.StoredValue`), after a test load here: a bucket 0.0.7 cannot load is a bucket
 it empties, with the entries it already held, so a result that does not load (its module is not
 importable here, or it uses a class of a script's ``__main__``) is skipped. Run the export
 where the project's modules import. Skipped, and counted by reason: keys 0.0.7 cannot hold
-(unhashable values, ``*args``), two calls that 0.0.7 would spell alike (groupby values ``1``
-and ``'1'`` share a folder), keys we did not record, results stored with cloudpickle (0.0.7
-does not depend on it) and results that do not load.
+(unhashable values, ``*args``), results that lost to a newer one with the same 0.0.7 key (see
+above), keys we did not record, results stored with cloudpickle (0.0.7 does not depend on it)
+and results that do not load. Each store exported is logged (INFO, ``persist_to_disk`` logger).
 """
 
 import io
+import logging
 import os
 import pickle
 from collections import Counter
@@ -33,6 +42,10 @@ from ..engine.interface import CallStore, StorageTier
 from ..normalization import unescape_folder_name
 from . import buckets
 from .keys import NotRepresentable, check_exportable, to_legacy_key
+
+log = logging.getLogger("persist_to_disk")
+#: Why a result is not exported when a newer one has its 0.0.7 key (see the module docstring).
+NEWER_WITH_SAME_KEY = "a newer result has the same 0.0.7 key"
 
 
 @dataclass
@@ -73,9 +86,9 @@ def _legacy_folder(store: CallStore, leaf: str, source: str, destination: str) -
 def _plan(store: CallStore, hashsize: int, hash_method: str, skipped: Counter,
           progress: Optional[Callable[[int], None]]) -> Dict[int, List[Tuple[int, bytes, tuple]]]:
     """Group the store's live entries by 0.0.7 bucket: ``{bucket: [(our bucket, digest,
-    0.0.7 key)]}``. Only keys are read here; results are read bucket by bucket when written."""
-    plan: Dict[int, List[Tuple[int, bytes, tuple]]] = {}
-    seen = set()
+    0.0.7 key)]}``, one per 0.0.7 key: the one created last. Only keys are read here; results
+    are read bucket by bucket when written."""
+    chosen: Dict[tuple, Tuple[Tuple[float, int, int, bytes], int]] = {}
     for our_bucket, digest, record in store.scan(with_values=False):
         if progress:
             progress(1)
@@ -100,12 +113,17 @@ def _plan(store: CallStore, hashsize: int, hash_method: str, skipped: Counter,
         except Exception:  # pickle or JSON cannot hash it: 0.0.7 would have raised too
             skipped[f"key has no {hash_method} hash"] += 1
             continue
-        if legacy_key in seen:
-            # e.g. groupby values 1 and '1' (one folder), or a Namespace and its JSON text:
-            # 0.0.7 cannot tell the calls apart, so only the first one is exported.
-            skipped["another call has the same 0.0.7 key"] += 1
-            continue
-        seen.add(legacy_key)
+        other = chosen.get(legacy_key)
+        if other is not None:
+            # Another version= or code version of the call, groupby values 1 and '1' (one
+            # folder), a Namespace and its JSON text: 0.0.7 cannot tell them apart, so only
+            # the result created last is exported.
+            skipped[NEWER_WITH_SAME_KEY] += 1
+        rank = (record.created, record.sequence, our_bucket, digest)  # see the docstring
+        if other is None or rank > other[0]:
+            chosen[legacy_key] = (rank, bucket)
+    plan: Dict[int, List[Tuple[int, bytes, tuple]]] = {}
+    for legacy_key, ((_, _, our_bucket, digest), bucket) in chosen.items():
         plan.setdefault(bucket, []).append((our_bucket, digest, legacy_key))
     return plan
 
@@ -210,8 +228,16 @@ def export_tree(source: str, destination: str, *, hashsize: Optional[int] = None
         dest_leaf = _legacy_folder(store, leaf, source, destination)
         buckets.check_bucket_folder(dest_leaf, destination, sharing)
         plan = _plan(store, size, method, skipped, progress)
+        exported, files = report.exported, report.bucket_files
         for bucket in sorted(plan):
             _merge_bucket(store, dest_leaf, bucket, plan[bucket], report, skipped, sharing)
         report.stores += 1
+        log.info("export to 0.0.7: %d entries of %s into %d bucket file(s) under %s "
+                 "(hashsize %d, hash_method %s)", report.exported - exported, leaf,
+                 report.bucket_files - files, dest_leaf, size, method)
     report.skipped = dict(skipped)
+    log.info("export to 0.0.7 of %s into %s done: %d entries from %d store(s) into %d bucket "
+             "file(s); %d skipped, %d bucket file(s) failed", source, destination,
+             report.exported, report.stores, report.bucket_files, report.skipped_total,
+             len(report.failed_files))
     return report

@@ -18,8 +18,12 @@ Commits: a store the import creates is written without an fsync per entry (``fas
 durable by its last entry, written with the configured durability, whose commit flushes all
 earlier ones; a store that already held results gets the configured durability throughout,
 because a store damaged by an OS crash mid-import would lose what it held before.
+
+Each store written is logged (INFO, ``persist_to_disk`` logger), and so is each bucket file
+that is skipped.
 """
 
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +41,7 @@ from . import buckets
 from .keys import is_legacy_key
 
 SOURCE_NAME = "persist-to-disk 0.0.7"
+log = logging.getLogger("persist_to_disk")
 
 
 @dataclass
@@ -162,6 +167,8 @@ def import_tree(source: str, destination: str, *, hashsize: Optional[int] = None
         meta = {"function": None, "hashsize": size, "hash_method": None, "groupby": None,
                 "leaf": None, "imported_from": SOURCE_NAME, "source": leaf}
         writer = _LeafWriter(storage, dest_leaf, durability, meta)
+        imported, present, files, failed = (report.imported, report.already_stored,
+                                            report.bucket_files, len(report.failed_files))
         try:
             for bucket, path in buckets.bucket_files(leaf):
                 try:
@@ -185,5 +192,15 @@ def import_tree(source: str, destination: str, *, hashsize: Optional[int] = None
         finally:
             writer.finish()
         report.stores += 1
+        for failure in report.failed_files[failed:]:
+            log.info("import from 0.0.7: bucket file skipped: %s", failure)
+        log.info("import from 0.0.7: %d entries from %d bucket file(s) of %s into %s "
+                 "(hashsize %d); %d already stored there, kept", report.imported - imported,
+                 report.bucket_files - files, leaf, dest_leaf, size,
+                 report.already_stored - present)
     report.skipped = dict(skipped)
+    log.info("import from 0.0.7 of %s into %s done: %d entries from %d bucket file(s) into %d "
+             "store(s); %d already stored, %d skipped, %d bucket file(s) failed", source,
+             destination, report.imported, report.bucket_files, report.stores,
+             report.already_stored, report.skipped_total, len(report.failed_files))
     return report
