@@ -184,7 +184,7 @@ class PersistedFunction:
                 self.captured if self.captured is not None else (),
                 plannable=not (self.options.groupby or self.options.expand_dict_kwargs),
                 hasher=self._hasher)
-        self._check_code = policy == WARN and ("code", "") not in self._warned
+        self._check_code = policy == WARN and ("", "code") not in self._warned
 
     def _expiring_loader(self, max_age: Optional[float]) -> Callable[[Record], Any]:
         """What a lookup loads a stored result with: unpickled, or :data:`_EXPIRED` (never
@@ -423,19 +423,18 @@ class PersistedFunction:
         if not fingerprint or fingerprint == self._tag.partition("|")[0]:
             return
         self._check_code = False
-        if ("code", "") in self._warned:
-            return
-        self._warned.add(("code", ""))
         stored = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created))
         short = self.func.__name__
-        warn(f"{self.name} returned a result stored on {stored} by other code: the function, "
-             "or a project helper it calls, has changed since (code fingerprint "
-             f"{fingerprint[:12]}, now {self._tag[:12]}). Stored results are still returned "
-             "(code_changes='warn'). To compute anew after an edit, decorate it with "
-             "persistf(code_changes='recompute') (reverting the edit then finds the old results "
-             f"again) or bump persistf(version=...); to delete the old results, call "
-             f"{short}.clear() or run `ptd compact --drop-old-code`; to silence this, "
-             "code_changes='ignore'.")
+        self._warn_once(
+            "", "code",
+            f"{self.name} returned a result stored on {stored} by other code: the function, "
+            "or a project helper it calls, has changed since (code fingerprint "
+            f"{fingerprint[:12]}, now {self._tag[:12]}). Stored results are still returned "
+            "(code_changes='warn'). To compute anew after an edit, decorate it with "
+            "persistf(code_changes='recompute') (reverting the edit then finds the old results "
+            f"again) or bump persistf(version=...); to delete the old results, call "
+            f"{short}.clear() or run `ptd compact --drop-old-code`; to silence this, "
+            "code_changes='ignore'.")
 
     def _compute(self, place: CallPlace, args: tuple, kwargs: dict, mode: int,
                  max_age: Optional[float] = None) -> Any:

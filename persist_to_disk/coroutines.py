@@ -47,7 +47,7 @@ import threading
 import time
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
-from .call import CallPlace, PersistedFunction
+from .call import _DECORATORS, CallPlace, PersistedFunction
 from .engine import CallStore, ComputeLock, Timeout
 from .errors import CacheMissError, warn
 from .keying import CapturedValueChanging
@@ -79,7 +79,6 @@ _waits: Dict[_Slot, List[CallId]] = {}
 #: Where a store's type comes from decides whether a lookup may go to the network.
 _SHARED_PACKAGE = __name__.rsplit(".", 1)[0] + ".remote"
 _SHARED_TYPES: Dict[type, bool] = {}
-_DECORATORS = object()  # a lookup's max_age left out: the decorator's
 
 
 class AsyncCall:
@@ -167,16 +166,15 @@ class AsyncCall:
         tier: a hit there costs a local read) and, on a local miss, in a worker thread (it
         may fetch the result from the remote)."""
         load = self.persisted._load
-        extra = () if max_age is _DECORATORS else (max_age,)
         if not _is_shared(store):
-            return load(store, bucket, digest, value, *extra)
+            return load(store, bucket, digest, value, max_age)
         local = getattr(store, "local", None)
         if local is not None:
-            found = load(local, bucket, digest, value, *extra)
+            found = load(local, bucket, digest, value, max_age)
             if found[0]:
                 return found
         return await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(load, store, bucket, digest, value, *extra))
+            None, load, store, bucket, digest, value, max_age)
 
     async def _load_again(self, place: CallPlace, max_age: Optional[float]) -> Tuple[bool, Any]:
         """The look inside the lock (:meth:`PersistedFunction._load_or_imported`), in a

@@ -99,11 +99,7 @@ def bracketing_runs(func: Callable, captured: CapturedValues) -> Callable:
         try:
             return func(*args, **kwargs)
         finally:
-            try:
-                captured.end_run(started)
-            except Exception:  # (end_run catches its own; this is the last resort)
-                log.debug("persistf on %s: noting what a run changed in its captured "
-                          "variables failed", captured.function_name, exc_info=True)
+            _end_run(captured, started)
     return run
 
 
@@ -119,12 +115,18 @@ def bracketing_awaited_runs(func: Callable, captured: CapturedValues) -> Callabl
         try:
             return await func(*args, **kwargs)
         finally:
-            try:
-                captured.end_run(started)
-            except Exception:  # (end_run catches its own; this is the last resort)
-                log.debug("persistf on %s: noting what a run changed in its captured "
-                          "variables failed", captured.function_name, exc_info=True)
+            _end_run(captured, started)
     return run
+
+
+def _end_run(captured: CapturedValues, started: Any) -> None:
+    """Tell ``captured`` a run ended; never raise into the call (its result is not thrown
+    away for the sake of bookkeeping)."""
+    try:
+        captured.end_run(started)
+    except Exception:  # (end_run catches its own; this is the last resort)
+        log.debug("persistf on %s: noting what a run changed in its captured variables "
+                  "failed", captured.function_name, exc_info=True)
 
 
 def _warn_unkeyable_captured(qualname: str, name: str, err: Exception) -> None:
