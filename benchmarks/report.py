@@ -1,15 +1,17 @@
-"""The results page: Markdown tables of medians with ratios to our figures, the targets block,
-the machine, and links to the plots; plus the raw records as JSON."""
+"""The results page: Markdown tables of medians with ratios to our figures, the targets (one
+table per issue that set them), the fsync floor, the machine, and links to the plots; plus the
+raw records as JSON."""
 
 import json
 import os
 from typing import Dict, List
 
+from . import floor
 from .adapters import LIBRARIES, OURS, adapter_class
 from .measurements import Column, Failure, Results, Skip, Summary
 from .scenarios import scenario_module
 from .settings import Settings
-from .targets import Target
+from .targets import Target, floor_summary
 
 NOTES = [
     "Durability differs: persist_to_disk `standard` fsyncs each commit (one fsync per miss); "
@@ -21,6 +23,9 @@ NOTES = [
     "A library is skipped from the size (or step) whose estimated time exceeds the budget "
     "per step; the cell gives the estimate. `error:` cells are exceptions the library raised "
     "(for example an argument it cannot key).",
+    "Workers run with Python's bytecode cache on: the suite removes PYTHONDONTWRITEBYTECODE "
+    "from their environment (where it is set, every fresh process would recompile every module "
+    "it imports, and the import and first-hit figures would time the compiler).",
 ]
 
 
@@ -60,6 +65,47 @@ def targets_block(targets: List[Target]) -> str:
     return "\n".join(lines)
 
 
+def targets_of(targets: List[Target], issue: int) -> List[Target]:
+    return [t for t in targets if t.issue == issue]
+
+
+def floor_block(results: Results, settings: Settings, filesystem: str) -> str:
+    """The fsync floor's table: the runner's samples of both modes, and the floor paired with
+    our ``standard`` misses (see ``floor.py`` and ``scenarios/small.py``)."""
+    lines = ["| measure | median µs | range over the samples | samples |",
+             "| --- | ---: | ---: | ---: |"]
+    what = {"overwrite": "overwrite one 4 KiB block + {sync} (what ~9 in 10 LMDB commits do: "
+                         "the floor of the target)",
+            "append": "append 4 KiB + {sync} (a commit that grows the file)"}
+    for mode in floor.MODES:
+        found = floor_summary(results, mode)
+        name = what[mode].format(sync=floor.SYNC_CALL)
+        if found is None:
+            lines.append(f"| {name} | not measured | | |")
+        else:
+            lines.append(f"| {name} | {found.median:,.1f} | {found.low:,.1f} to "
+                         f"{found.high:,.1f} | {found.runs} |")
+    for metric, name in (("paired_floor_us", f"overwrite + {floor.SYNC_CALL}, alternating with "
+                                             f"{label(OURS)}'s misses in its process"),
+                         ("paired_miss_us", f"{label(OURS)} miss, timed one by one between "
+                                            "those")):
+        found = results.outcome("small", OURS, metric)
+        if isinstance(found, Summary):
+            lines.append(f"| {name} | {found.median:,.1f} | {found.low:,.1f} to "
+                         f"{found.high:,.1f} | {found.runs} |")
+        else:
+            lines.append(f"| {name} | not measured | | |")
+    intro = (f"Filesystem: {filesystem}. Each sample is the median of "
+             f"{settings.fsync_iterations} iterations (a 4 KiB `pwrite` and `{floor.SYNC_CALL}`, "
+             "the two modes alternating), taken in a new folder under the libraries' temporary "
+             "folder before each scenario and at the end; the paired rows are medians of "
+             f"{settings.paired_misses} misses and as many floor iterations per repetition "
+             "of the small-result scenario, one after the other in the same process. Other "
+             "processes' I/O makes this floor vary by an order of magnitude on a shared machine: "
+             "the `standard` miss target uses the paired figures.")
+    return intro + "\n\n" + "\n".join(lines)
+
+
 def tables_text(results: Results, settings: Settings, scenarios: List[str],
                 libraries: List[str]) -> str:
     """Every scenario's table, for a terminal."""
@@ -71,8 +117,12 @@ def tables_text(results: Results, settings: Settings, scenarios: List[str],
 
 
 def targets_text(targets: List[Target]) -> str:
-    """The targets for a terminal."""
-    return "\n".join(f"[{t.status}] {t.text}: {t.detail}" for t in targets)
+    """The targets for a terminal, issue by issue."""
+    parts = []
+    for issue in sorted({t.issue for t in targets}):
+        parts += ([""] if parts else []) + [f"Targets (issue {issue})"]
+        parts += [f"[{t.status}] {t.text}: {t.detail}" for t in targets_of(targets, issue)]
+    return "\n".join(parts)
 
 
 def markdown(results: Results, settings: Settings, machine: dict, targets: List[Target],
@@ -105,7 +155,10 @@ def markdown(results: Results, settings: Settings, machine: dict, targets: List[
     versions = ", ".join(f"{label(lib)}: {machine['versions'][lib]}"
                          for lib in LIBRARIES if lib in machine["versions"])
     parts += [f"| versions | {versions} |", "", "## Targets (issue 4)", "",
-              targets_block(targets), ""]
+              targets_block(targets_of(targets, 4)), "", "## Targets (issue 15)", "",
+              "Each a ratio of two figures of this run (see `benchmarks/targets.py`).", "",
+              targets_block(targets_of(targets, 15)), "", "## fsync floor", "",
+              floor_block(results, settings, machine.get("filesystem", "unknown")), ""]
     for number, name in enumerate(scenarios, 1):
         module = scenario_module(name)
         parts += [f"## {number}. {module.TITLE}", "", module.summary(settings), "",

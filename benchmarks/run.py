@@ -5,7 +5,8 @@
     python -m benchmarks --scenarios small,growth --libraries persist_to_disk,diskcache
     python -m benchmarks --scenarios growth --libraries persist_to_disk --sizes 10,1000,10000
 
-Prints every table and the targets, and writes ``results.md`` (tables, targets, machine),
+Prints every table, the fsync floor and the targets (issue 4's and issue 15's), and writes
+``results.md`` (tables, targets, fsync floor, machine),
 ``results.json`` (every record) and the growth plots (``growth_hit.png``, ``growth_miss.png``)
 into ``--out`` (default: a new temporary folder, so that a partial run never overwrites the
 results page).
@@ -114,6 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     path = report.write(out, results, settings, description, checked, scenarios,
                         runner.libraries, command.strip(), pictures)
     print(report.tables_text(results, settings, scenarios, runner.libraries))
-    print(report.targets_text(checked))
+    print("\nfsync floor\n" + report.floor_block(results, settings, description["filesystem"]))
+    print("\n" + report.targets_text(checked))
     print(f"results: {path} ({description['duration']})")
     return 0

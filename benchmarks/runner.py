@@ -4,6 +4,15 @@ A scenario's ``drive`` (runner side) decides which phases to run and with what p
 may skip a library past its time budget; its ``phase_*`` functions (worker side) do the timed
 work. The runner starts the workers, collects their records into ``Results`` and deletes every
 job's folder when the job ends.
+
+Before each scenario and after the last, the runner measures the fsync floor (``floor.py``)
+in a new folder under ``tmp``, the tree the libraries' folders are made in: the results
+hold one sample per moment, as scenario ``floor``, library ``fsync``.
+
+Workers run with Python's bytecode cache on: ``PYTHONDONTWRITEBYTECODE`` is removed from
+their environment, otherwise (where it is set, as on the machine of issue 15) every fresh
+process recompiles every module it imports, and the import and first-hit figures measure the
+compiler.
 """
 
 import json
@@ -18,11 +27,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional
 
+from . import floor
+from .floor import FLOOR_LIBRARY, FLOOR_SCENARIO
 from .adapters import LIBRARIES, adapter_class
 from .measurements import Results
 from .scenarios import scenario_module
 from .settings import Settings
 from .worker import MARKER, REPOSITORY_ROOT
+
+
+#: removed from the workers' environment (see the module's docstring)
+UNSET_FOR_WORKERS = ("PYTHONDONTWRITEBYTECODE",)
 
 
 class Job:
@@ -47,6 +62,19 @@ class Job:
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def environment(self) -> Dict[str, str]:
+        """The workers' environment: this process's, without this project's settings and
+        ``UNSET_FOR_WORKERS``, with the job's home and the repository importable."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PERSIST_TO_DISK_")
+               and k not in UNSET_FOR_WORKERS}
+        # HOME is the job's (0.0.7 keeps its settings under ~/.cache); packages installed with
+        # pip --user stay importable through PYTHONUSERBASE
+        env.setdefault("PYTHONUSERBASE", site.getuserbase())
+        env.update(HOME=self.home, PERSIST_TO_DISK_HOME=os.path.join(self.home, ".ptd"),
+                   PYTHONPATH=os.pathsep.join(
+                       [REPOSITORY_ROOT] + [p for p in [env.get("PYTHONPATH")] if p]))
+        return env
+
     def phase(self, phase: str, params: dict, library: Optional[str] = None) -> List[dict]:
         """Run ``phase`` in a new worker process (as ``library``, default the job's) and
         return its records; all but notes are also added to the results under the job's
@@ -55,13 +83,7 @@ class Job:
         python, hide = self.runner.interpreter(library)
         job = {"scenario": self.scenario, "phase": phase, "library": library,
                "folder": self.cache, "params": params, "hide_repository": hide}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PERSIST_TO_DISK_")}
-        # HOME is the job's (0.0.7 keeps its settings under ~/.cache); packages installed with
-        # pip --user stay importable through PYTHONUSERBASE
-        env.setdefault("PYTHONUSERBASE", site.getuserbase())
-        env.update(HOME=self.home, PERSIST_TO_DISK_HOME=os.path.join(self.home, ".ptd"),
-                   PYTHONPATH=os.pathsep.join(
-                       [REPOSITORY_ROOT] + [p for p in [env.get("PYTHONPATH")] if p]))
+        env = self.environment()
         started = time.perf_counter()
         process = subprocess.Popen([python, "-m", "benchmarks.worker", json.dumps(job)],
                                    cwd=self.work, env=env, stdout=subprocess.PIPE,
@@ -144,8 +166,24 @@ class Runner:
     def job(self, scenario: str, library: str) -> Job:
         return Job(self, scenario, library)
 
+    def measure_floor(self, moment: str) -> None:
+        """One sample of the fsync floor under ``tmp`` (see ``floor.py``), into the results."""
+        try:
+            medians = floor.measure(self.tmp, self.settings.fsync_iterations)
+        except OSError as err:
+            self.results.add({"scenario": FLOOR_SCENARIO, "library": FLOOR_LIBRARY,
+                              "metric": None, "params": {}, "error": f"{moment}: {err}"})
+            return
+        for mode, value in medians.items():
+            self.results.add({"scenario": FLOOR_SCENARIO, "library": FLOOR_LIBRARY,
+                              "metric": f"{mode}_us", "value": value, "params": {},
+                              "moment": moment})
+        self.log(f"[fsync floor, {moment}] " + ", ".join(
+            f"{mode} {value:.0f} µs" for mode, value in medians.items()))
+
     def run(self, scenarios: List[str]) -> Results:
         for name in scenarios:
+            self.measure_floor(f"before {name}")
             module = scenario_module(name)
             self.log(f"[{name}] {module.TITLE}")
             began = time.perf_counter()
@@ -165,4 +203,5 @@ class Runner:
                 for library in self.libraries:
                     drive(library)
             self.log(f"[{name}] done in {time.perf_counter() - began:.0f} s")
+        self.measure_floor("at the end")
         return self.results

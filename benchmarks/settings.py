@@ -14,6 +14,12 @@ class Settings:
     #: per library and step: a fill or a measurement estimated to take longer is skipped
     budget_seconds: float = 300.0
     small_entries: int = 10_000
+    #: fresh processes timing the first hit (and import + decorate) per repetition
+    first_hit_processes: int = 3
+    #: misses of the syncing setting timed one by one, each paired with a fsync-floor iteration
+    paired_misses: int = 200
+    #: iterations of each fsync-floor measurement (4 KiB write + fdatasync; see floor.py)
+    fsync_iterations: int = 200
     growth_sizes: List[int] = field(default_factory=lambda: [1_000, 10_000, 100_000, 1_000_000])
     growth_hit_samples: int = 10_000
     growth_miss_samples: int = 1_000
@@ -24,6 +30,11 @@ class Settings:
     hashing_calls: int = 20
     concurrency_workers: List[int] = field(default_factory=lambda: [2, 4])
     concurrency_distinct_calls: int = 2_000
+    #: CPU milliseconds each distinct call computes (issue 15: a 1 ms function)
+    concurrency_distinct_compute_ms: float = 1.0
+    #: pool sizes that also run the distinct calls with a sleep of that time instead of CPU
+    #: work: the cache's own serialization without the machine's free cores
+    concurrency_sleep_workers: List[int] = field(default_factory=lambda: [1, 2])
     concurrency_same_calls: int = 50
     concurrency_compute_ms: float = 20.0
     disk_entries: int = 100_000
@@ -37,6 +48,9 @@ QUICK = Settings(
     jobs=2,
     budget_seconds=5.0,
     small_entries=200,
+    first_hit_processes=1,
+    paired_misses=20,
+    fsync_iterations=20,
     growth_sizes=[100, 1_000],
     growth_hit_samples=200,
     growth_miss_samples=30,
@@ -46,6 +60,7 @@ QUICK = Settings(
     hashing_dict_items=1_000,
     hashing_calls=2,
     concurrency_workers=[2],
+    concurrency_sleep_workers=[],
     concurrency_distinct_calls=60,
     concurrency_same_calls=5,
     concurrency_compute_ms=5.0,

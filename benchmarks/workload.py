@@ -19,6 +19,9 @@ CALLS = {"small": 0, "large": 0, "hashing": 0, "concurrent": 0}
 # to a file where every computation appends one line: the count survives the workers.
 COMPUTATIONS_FILE_VARIABLE = "PTD_BENCH_COMPUTATIONS_FILE"
 COMPUTE_SECONDS_VARIABLE = "PTD_BENCH_COMPUTE_SECONDS"
+# "sleep" (the default: the call waits, leaving the core free) or "cpu" (the call computes for
+# that much of its own CPU time, as a real function would)
+COMPUTE_KIND_VARIABLE = "PTD_BENCH_COMPUTE_KIND"
 
 
 def small_value(i: int) -> Dict[str, Any]:
@@ -71,8 +74,18 @@ def nested_dict_argument(items: int, variant: int) -> Dict[str, Dict[str, float]
     return nested
 
 
+def spin(seconds: float) -> None:
+    """Compute for ``seconds`` of this thread's CPU time (not wall time: a process the
+    scheduler sets aside still has its whole computation to do when it comes back)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:  # a system call (no vDSO for this clock): not too often
+        for _ in range(100):
+            pass
+
+
 def concurrent_result(i: int) -> Dict[str, Any]:
-    """Records the computation in the shared file, then takes the configured time."""
+    """Records the computation in the shared file, then takes the configured time (a sleep, or
+    CPU time: ``COMPUTE_KIND_VARIABLE``)."""
     CALLS["concurrent"] += 1
     path = os.environ.get(COMPUTATIONS_FILE_VARIABLE)
     if path:
@@ -82,6 +95,8 @@ def concurrent_result(i: int) -> Dict[str, Any]:
         finally:
             os.close(descriptor)
     seconds = float(os.environ.get(COMPUTE_SECONDS_VARIABLE, "0"))
-    if seconds:
+    if seconds and os.environ.get(COMPUTE_KIND_VARIABLE) == "cpu":
+        spin(seconds)
+    elif seconds:
         time.sleep(seconds)
     return small_value(i)

@@ -6,9 +6,7 @@ interface (``interface.py``: :class:`StorageTier`, :class:`CallStore`), implemen
 :class:`LocalStorage` and :class:`Store`, configured by one :class:`EngineSettings`.
 """
 
-from . import trust, verification
-from .compaction import (CompactionFailedError, CompactionPolicy, CompactionReport, NoStoreError,
-                         compact)
+from . import lazy_imports, trust
 from .durability import Durability
 from .errors import (
     CorruptStoreError,
@@ -34,7 +32,37 @@ from .settings import EngineSettings, Wording
 from .sharing import Sharing
 from .store import Store, StoreStats
 from .trust import TrustPolicy, check_trusted
-from .verification import StoreVerification, verify_store
+
+# Compaction and verification load when first used (PEP 562; see ``lazy_imports.py``: a call
+# never needs them, and compaction brings filelock, ~17 ms of import).
+_LAZY = {
+    "compaction": ("compaction", None),
+    "CompactionFailedError": ("compaction", "CompactionFailedError"),
+    "CompactionPolicy": ("compaction", "CompactionPolicy"),
+    "CompactionReport": ("compaction", "CompactionReport"),
+    "NoStoreError": ("compaction", "NoStoreError"),
+    "compact": ("compaction", "compact"),
+    "verification": ("verification", None),
+    "StoreVerification": ("verification", "StoreVerification"),
+    "verify_store": ("verification", "verify_store"),
+}
+
+
+def __getattr__(name: str):
+    """The lazily loaded names of :data:`_LAZY` (PEP 562)."""
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    module = lazy_imports.load(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CallStore", "CodeVersionStats", "CompactionFailedError", "CompactionPolicy",

@@ -40,6 +40,14 @@ from typing import Callable, Optional, TypeVar
 
 import lmdb
 
+try:  # py-lmdb >= 3 imports this from inside lmdb.open, on the first open of a process: here
+    # instead, so that a child forked while another thread opened its first environment never
+    # waits for that thread's import lock (held for ever in the child), and so that a first
+    # call does not pay for an import (~0.1 ms)
+    import lmdb._envid  # noqa: F401
+except ImportError:  # (older py-lmdb: nothing imported there)
+    pass
+
 from . import settings as _settings
 from . import trust
 from .durability import Durability
@@ -119,7 +127,11 @@ def write_transaction(env: "lmdb.Environment",
     Whatever else ``action`` raises aborts the transaction and propagates."""
     while True:
         try:
-            with begin_transaction(env, write=True) as txn:
+            try:
+                txn = env.begin(write=True)
+            except lmdb.MapResizedError:  # kept off the common case, as the hit path does
+                txn = begin_transaction(env, write=True)
+            with txn:
                 return action(txn)
         except lmdb.MapFullError:
             env.set_mapsize(env.info()["map_size"] * 2)

@@ -13,9 +13,9 @@ keeps the returned store for the leaf.
 """
 
 import os
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
-from . import compaction, generations, trust
+from . import generations, lazy_imports, trust
 from .durability import Durability
 from .generations import check_folder
 from .pool import POOL, EnvironmentPool
@@ -23,6 +23,9 @@ from .errors import EngineError, ForeignFolderError, storage_io_error
 from .filesystem import ensure_local_filesystem
 from .settings import EngineSettings, install
 from .store import Store
+
+if TYPE_CHECKING:  # (imported when compacting: it brings filelock, see lazy_imports.py)
+    from . import compaction
 
 
 class LocalStorage:
@@ -74,11 +77,11 @@ class LocalStorage:
         return sum(self.open_store(leaf, lock_root=lock_root).clear()
                    for leaf in self.find_stores(root))
 
-    def compact(self, leaf: str, policy: Optional[compaction.CompactionPolicy] = None, *,
+    def compact(self, leaf: str, policy: Optional["compaction.CompactionPolicy"] = None, *,
                 dry_run: bool = False, progress: Optional[Callable[[int], None]] = None,
-                durability: Durability = Durability.STANDARD) -> compaction.CompactionReport:
+                durability: Durability = Durability.STANDARD) -> "compaction.CompactionReport":
         """Rebuild the store in ``leaf`` without what it no longer needs (see
         :func:`~.compaction.compact`)."""
         install(self.settings)
-        return compaction.compact(leaf, policy, dry_run=dry_run, progress=progress,
+        return lazy_imports.load("compaction").compact(leaf, policy, dry_run=dry_run, progress=progress,
                                   durability=durability, pool=self._pool)

@@ -95,7 +95,8 @@ from .errors import EngineError
 from .filesystem import make_dirs
 from .trust import current_policy
 
-__all__ = ["ComputeLock", "LockScope", "Timeout", "compute_lock", "lock_place", "scope_lock"]
+__all__ = ["ComputeLock", "LockScope", "Timeout", "call_lock_offset", "compute_lock", "lock_place",
+           "scope_lock"]
 
 LOCKS_FOLDER = "locks"
 CALL_LOCK_FILE = "calls.lock"
@@ -137,11 +138,19 @@ def lock_place(scope: LockScope, leaf_path: str, digest: bytes, project_root: st
                ) -> Tuple[str, int]:
     """``(lock file, byte offset)`` of the compute lock of a call under ``scope``."""
     if scope is LockScope.CALL:
-        offset = 1 + (int.from_bytes(digest[:8], "big") & ((1 << _CALL_OFFSET_BITS) - 1))
-        return f"{leaf_path}{os.sep}{LOCKS_FOLDER}{os.sep}{CALL_LOCK_FILE}", offset
+        return (f"{leaf_path}{os.sep}{LOCKS_FOLDER}{os.sep}{CALL_LOCK_FILE}",
+                call_lock_offset(digest))
     if scope is LockScope.FUNC:
         return os.path.join(leaf_path, FUNC_LOCK_FILE), 0
     return os.path.join(project_root, GLOBAL_LOCK_FILE), 0
+
+
+def call_lock_offset(digest: bytes) -> int:
+    """The byte of the ``call`` lock file that locks the call ``digest`` (never byte 0)."""
+    return 1 + (int.from_bytes(digest[:8], "big") & _CALL_OFFSET_MASK)
+
+
+_CALL_OFFSET_MASK = (1 << _CALL_OFFSET_BITS) - 1
 
 
 def _descriptor_budget() -> int:
@@ -308,6 +317,7 @@ _files: Dict[str, _LockFile] = {}
 _ranges: Dict[Tuple[str, int], _Range] = {}
 _owned: Dict[int, int] = {}  # thread ident -> calls it computes under a lock (or is taking)
 _waiting: Dict[int, Tuple[_Range, Hashable]] = {}  # thread ident -> what it waits for
+_get_ident = threading.get_ident
 
 
 class ComputeLock:
@@ -338,26 +348,29 @@ class ComputeLock:
         """
         if self._range is not None:
             raise RuntimeError(f"the lock {self.path} is already acquired by this object")
-        deadline = None if self.timeout is None else time.monotonic() + max(self.timeout, 0.0)
-        me = threading.get_ident()
+        timeout = self.timeout
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        me = _get_ident()
         call = self.call
         with _state:
-            lock_file = _files.get(self.path)
-            if lock_file is None:
-                lock_file = _files[self.path] = _LockFile(self.path)
             key = (self.path, self.offset)
             rng = _ranges.get(key)
-            if rng is None:
+            if rng is None:  # the common case of a miss: nobody here uses the byte
+                lock_file = _files.get(self.path)
+                if lock_file is None:
+                    lock_file = _files[self.path] = _LockFile(self.path)
                 rng = _ranges[key] = _Range(lock_file, self.offset)
-            computing = rng.calls.get(call)
-            if computing is not None and computing.thread == me:
-                computing.depth += 1  # reentrant: a nested call under the same lock
-                self._range, self._outermost = rng, False
-                return None
-            reason = self._wait_in_process(rng, me, deadline)
-            if reason is not None:
-                _forget_if_idle(rng)
-                return reason
+            else:
+                computing = rng.calls.get(call)
+                if computing is not None and computing.thread == me:
+                    computing.depth += 1  # reentrant: a nested call under the same lock
+                    self._range, self._outermost = rng, False
+                    return None
+                if computing is not None or rng.state == _ACQUIRING:
+                    reason = self._wait_in_process(rng, me, deadline)
+                    if reason is not None:
+                        _forget_if_idle(rng)
+                        return reason
             rng.calls[call] = _Call(me)
             _owned[me] = _owned.get(me, 0) + 1
             if rng.state == _HELD:  # another call of this process holds it: share it
@@ -376,7 +389,8 @@ class ComputeLock:
                 self._leave(rng, me, taken=False)
                 return reason
             rng.state, rng.acquirer, rng.users = _HELD, None, 1
-            _changed.notify_all()
+            if _waiting:  # (only a thread in _wait_in_process waits on _changed)
+                _changed.notify_all()
         self._range, self._outermost = rng, True
         return None
 
@@ -452,7 +466,8 @@ class ComputeLock:
         elif rng.state == _ACQUIRING and rng.acquirer == me:
             rng.state, rng.acquirer = _IDLE, None
         _forget_if_idle(rng)
-        _changed.notify_all()
+        if _waiting:  # every thread waiting on _changed is in _waiting (_wait_in_process)
+            _changed.notify_all()
 
     # --- between processes ----------------------------------------------------------------
     def _lock_kernel(self, rng: _Range, deadline: Optional[float]) -> Optional[str]:

@@ -34,7 +34,8 @@ import lmdb
 
 from . import settings as _settings
 from .durability import Durability
-from .environments import begin_transaction, file_identity, write_transaction
+from .environments import (DATA_FILE, LOCK_FILE, begin_transaction, file_identity,
+                           write_transaction)
 from .errors import CorruptStoreError, error_number
 from .generations import (SEAL_KEY, generation_folder, open_generation, read_current,
                           register_descriptor_reliever, store_exists)
@@ -77,6 +78,26 @@ class _Superseded(Exception):
     """Internal: the open generation was sealed by a compaction; reopen and run again."""
 
 
+_FILE_PATHS: Dict[str, tuple] = {}  # generation folder -> (data file, lock file) paths
+
+
+def _files_unchanged(handle: "_Handle") -> bool:
+    """``file_identity(handle.folder) == handle.identity``, with the two paths joined once per
+    folder: whether the data and lock files at the folder's paths are still the ones the
+    environment has open (checked before every write)."""
+    paths = _FILE_PATHS.get(handle.folder)
+    if paths is None:
+        if len(_FILE_PATHS) > 4096:
+            _FILE_PATHS.clear()
+        paths = _FILE_PATHS[handle.folder] = (os.path.join(handle.folder, DATA_FILE),
+                                              os.path.join(handle.folder, LOCK_FILE))
+    try:
+        data, lock = os.stat(paths[0]), os.stat(paths[1])
+    except FileNotFoundError:
+        return file_identity(handle.folder) == handle.identity  # (None for a missing file)
+    return ((data.st_dev, data.st_ino), (lock.st_dev, lock.st_ino)) == handle.identity
+
+
 class _Handle:
     """An open environment plus the lock that keeps closing, growing and forking away from
     running transactions.
@@ -109,7 +130,7 @@ class _Handle:
         not the generation: they find a compaction's seal inside their own transaction.
         """
         self.checked_at = time.monotonic()
-        if file_identity(self.folder) != self.identity:
+        if not _files_unchanged(self):
             return False
         if not generation_too:
             return True
@@ -164,16 +185,17 @@ class EnvironmentPool:
                 handle.lock.release()
 
     def newest(self, path: str, durability: Durability, prefix: bytes, after: bytes,
-               large: Optional[Callable[[bytes, memoryview], T]] = None,
-               large_size: int = 64 * 1024):
+               large: Optional[Callable[..., T]] = None,
+               large_size: int = 64 * 1024, large_args: tuple = ()):
         """``(key, value)`` of the last key starting with ``prefix`` (``after`` sorts after all
         of them), or None: the hit path's one lookup, without a callback.
 
         With ``large``, a value over ``large_size`` bytes is not copied out of the memory map:
-        ``(key, large(key, view))`` is returned, ``large`` having run inside the transaction,
-        while the view is valid. Copying a large result and then unpickling it holds two
-        copies at once, which made glibc return and re-fault the memory on every hit (1 MB
-        results loaded 6x slower than LMDB reads them).
+        ``(key, large(key, view, *large_args))`` is returned, ``large`` having run inside the
+        transaction, while the view is valid (``large_args`` spare the hit path a closure per
+        call). Copying a large result and then unpickling it holds two copies at once, which
+        made glibc return and re-fault the memory on every hit (1 MB results loaded 6x slower
+        than LMDB reads them).
         """
         while True:
             handle = self._handles.get(path)
@@ -200,11 +222,14 @@ class EnvironmentPool:
                             if key[:len(prefix)] == prefix:
                                 return key, value
                         else:
+                            # the key first: py-lmdb touches every page of a value it hands
+                            # out, and on a miss the cursor stands on the previous call's
+                            # newest record (a 400 MB neighbour read from disk: 3.4-4.2 s)
                             key = bytes(cursor.key())
                             if key[:len(prefix)] == prefix:
                                 value = cursor.value()
                                 if len(value) > large_size:
-                                    return key, large(key, value)
+                                    return key, large(key, value, *large_args)
                                 return key, bytes(value)
                     if txn.get(SEAL_KEY) is None:
                         return None
@@ -223,7 +248,24 @@ class EnvironmentPool:
             return action(txn)
 
         while True:
-            handle = self._checkout(path, durability, write=True)
+            handle = self._handles.get(path)
+            if handle is not None and handle.durability is durability:
+                # _checkout's common case for a write, inline: the files are checked before
+                # every write transaction, as there (going through _checkout and
+                # file_identity cost ~6 µs of a ~50 µs miss; the two stats ~2 of them).
+                handle.lock.acquire()
+                try:
+                    current = handle.env is not None and handle.is_current(generation_too=False)
+                except BaseException:
+                    handle.lock.release()
+                    raise
+                if current:
+                    handle.last_used = next(self._clock)
+                else:
+                    handle.lock.release()
+                    handle = self._checkout(path, durability, write=True)  # reopens
+            else:
+                handle = self._checkout(path, durability, write=True)
             try:
                 return write_transaction(handle.env, guarded)
             except _Superseded:

@@ -17,12 +17,12 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, Optional, Tuple, Typ
 
 import lmdb
 
-from . import keys
+from . import keys, lazy_imports
 from .durability import Durability
 from .pool import POOL, EnvironmentPool, StoreMissing
 from .errors import EngineError, StoreFormatError, engine_error, storage_io_error
 from .generations import store_exists, store_file_bytes
-from .locks import ComputeLock, LockScope, compute_lock, lock_place
+from .locks import ComputeLock, LockScope, call_lock_offset, compute_lock, lock_place
 from .records import (CodeVersionStats, DamagedRecordError, Record, RecordKind, build_record,
                       decode_record, decode_view, encode_record)
 from .settings import EngineSettings
@@ -32,6 +32,10 @@ T = TypeVar("T")
 _TOMBSTONE = RecordKind.TOMBSTONE
 _LAST = b'\xff' * keys.SEQUENCE_SIZE
 _LARGE = 64 * 1024  # values above this are read as views of the map, never copied out
+_DIGEST_SIZE, _MAX_BUCKET, _PREFIX_SIZE = keys.DIGEST_SIZE, keys.MAX_BUCKET, keys.PREFIX_SIZE
+_pack_bucket = keys._BUCKET.pack
+_unpack_sequence = keys._SEQUENCE.unpack_from
+_CALL_SCOPE = LockScope.CALL
 @dataclass(frozen=True)
 class StoreStats:
     path: str
@@ -72,6 +76,7 @@ class Store:
         self.lock_root = lock_root
         self._pool = pool
         self._created = False
+        self._call_lock_file: Optional[str] = None  # (compute_lock)
 
     def exists(self) -> bool:
         """Whether the store has been created on disk (lookups never create it)."""
@@ -90,6 +95,11 @@ class Store:
         nothing wider than the store is known here, so it locks the store as ``func`` does,
         in a file of its own). Threads of this process share it per call (``call``
         identifies the store and the digest)."""
+        if scope is _CALL_SCOPE:  # the default, on every miss: the file's path joined once
+            path = self._call_lock_file
+            if path is None:
+                path = self._call_lock_file = lock_place(scope, self.path, digest, self.path)[0]
+            return ComputeLock(path, call_lock_offset(digest), timeout, (self.path, digest))
         path, offset = lock_place(scope, self.path, digest, self.lock_root or self.path)
         return compute_lock(path, offset, timeout, call=(self.path, digest))
 
@@ -130,35 +140,27 @@ class Store:
         copied (``load`` must not keep the view: ``pickle.loads`` copies what it needs); the
         returned record's ``value_blob`` is then empty.
         """
-        prefix = keys.record_prefix(bucket, digest)
-
-        def in_place(key: bytes, view) -> Tuple[Record, Any]:
-            record = decode_view(view, keys.sequence_of(key), prefix)
-            if record.kind is _TOMBSTONE:
-                return record, None
-            try:
-                loaded = load(record)
-            except Exception as err:  # not the store's failure: never wrapped as one
-                raise _LoadFailed(err) from None
-            return record._replace(value_blob=b""), loaded
-
-        found = self._find_newest(prefix, in_place, _LARGE)
+        if digest.__class__ is bytes and len(digest) == _DIGEST_SIZE and 0 <= bucket <= _MAX_BUCKET:
+            prefix = _pack_bucket(bucket) + digest  # keys.record_prefix, checked inline
+        else:
+            prefix = keys.record_prefix(bucket, digest)  # (raises what is wrong)
+        found = self._find_newest(prefix, _load_in_place, _LARGE, (prefix, load))
         if found is None:
             return None
         key, data = found
-        if isinstance(data, tuple):  # a large value, loaded in place
+        if data.__class__ is tuple:  # a large value, loaded in place
             record, loaded = data
             return None if record.kind is _TOMBSTONE else (record, loaded)
-        record = decode_record(data, keys.sequence_of(key), True, prefix)
+        record = decode_record(data, _unpack_sequence(key, _PREFIX_SIZE)[0], True, prefix)
         return None if record.kind is _TOMBSTONE else (record, load(record))
 
-    def _find_newest(self, prefix: bytes, large, large_size: int):
+    def _find_newest(self, prefix: bytes, large, large_size: int, large_args: tuple = ()):
         """``(key, value)`` of the call's newest record (see ``EnvironmentPool.newest``)."""
-        if not self.exists():
+        if not self._created and not self.exists():
             return None
         try:
             return self._pool.newest(self.path, self.durability, prefix, prefix + _LAST,
-                                     large=large, large_size=large_size)
+                                     large, large_size, large_args)
         except StoreMissing:
             self._created = False
             return None
@@ -367,8 +369,7 @@ class Store:
     def compact(self, policy=None, *, dry_run: bool = False, progress=None):
         """Rebuild the store without superseded versions, tombstones and what ``policy``
         expires; see :func:`compaction.compact`."""
-        from .compaction import compact
-        return compact(self.path, policy, dry_run=dry_run, progress=progress,
+        return lazy_imports.load("compaction").compact(self.path, policy, dry_run=dry_run, progress=progress,
                        durability=self.durability, pool=self._pool)
 
     def close(self) -> None:
@@ -382,6 +383,20 @@ class _LoadFailed(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(error)
         self.error = error
+
+
+def _load_in_place(key: bytes, view, prefix: bytes, load: Callable[[Record], T]
+                   ) -> Tuple[Record, Any]:
+    """``load_latest``'s reader of a large value, run inside the read transaction: the record
+    decoded over the memory map (checksum in place), loaded, and returned without its view."""
+    record = decode_view(view, keys.sequence_of(key), prefix)
+    if record.kind is _TOMBSTONE:
+        return record, None
+    try:
+        loaded = load(record)
+    except Exception as err:  # not the store's failure: never wrapped as one
+        raise _LoadFailed(err) from None
+    return record._replace(value_blob=b""), loaded
 
 
 def _drop_all(txn: "lmdb.Transaction") -> int:

@@ -12,6 +12,7 @@ an append-only LMDB store per function (or per ``groupby`` leaf) under ``config.
 
 import inspect
 import logging
+import os as _os
 from typing import Callable, Optional
 
 from . import options as _options
@@ -30,6 +31,23 @@ __version__ = "0.1.0"
 # logging configuration sends it, and nowhere without one (not to logging's last-resort stderr
 # handler, which would repeat every PersistWarning the warnings module shows already).
 logging.getLogger("persist_to_disk").addHandler(logging.NullHandler())
+
+
+def _import_call_path_modules() -> None:
+    """Before a fork: import what a first call imports lazily (``settings.CALL_PATH_MODULES``).
+    A module another thread is importing when the process forks stays locked for ever in the
+    child (its import lock belongs to a thread the child does not have), so a child's first
+    call that imported it hung; imported here, in the forking thread, it is complete before
+    the fork (this waits for the other thread's import to finish) and the child never imports
+    it. Costs nothing once they are imported."""
+    for name in _settings.CALL_PATH_MODULES:
+        try:
+            __import__(name)
+        except Exception:  # (the child will report it when it needs the module)
+            pass
+
+
+_os.register_at_fork(before=_import_call_path_modules)
 
 #: The global settings (persist path, project path, hashsize, lock granularity, durability).
 config = _settings.Config()

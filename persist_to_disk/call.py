@@ -23,6 +23,7 @@ import functools
 import inspect
 import logging
 import os
+import pickle
 import threading
 import time
 import weakref
@@ -30,6 +31,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .binding import CallBinder
 from .call_stats import SHARED_COUNTERS, ZERO, CallStats
+from . import fingerprint as _fingerprint
 from .code_identity import WARN, CodeIdentity
 from .engine import (CallStore, CorruptStoreError, DamagedRecordError, Durability, EngineError,
                      LockScope, Record, StorageIOError, StoreFormatError, Timeout)
@@ -41,11 +43,12 @@ from .locations import function_folder_name, function_name, leaf_folder, module_
 from .modes import CACHE, CHECKONLY, NOCACHE, READONLY, RECACHE, parse_mode
 from .normalization import Normalizer, group_folder_names
 from .options import PersistOptions, make_options, max_age_seconds
-from .serialization import (PYTHON_VERSION, IncompatibleRecord, check_loadable, dump_into,
-                            dumps_key, loads)
+from .serialization import (PICKLE_TAG, PYTHON_VERSION, IncompatibleRecord, cannot_load,
+                            check_loadable, dump_into, dumps_key, loads)
 from .settings import Config
 
 log = logging.getLogger("persist_to_disk")
+_pickle_loads = pickle.loads
 _debug_enabled = log.isEnabledFor  # (bound once)
 _DEBUG = logging.DEBUG
 #: logging's own record of which levels the logger is enabled for (cleared in place whenever a
@@ -215,6 +218,8 @@ class PersistedFunction:
             store = self.config.storage(self.options.remote).open_store(
                 leaf, self.durability, lock_root=self.project_root, meta=self._describe(leaf))
             self._leaves[names] = store
+            if _fingerprint._dirty_memos:  # (written once the call is known to be keyable)
+                _fingerprint.save_memos()
         return store
 
     def _describe(self, leaf: str) -> dict:
@@ -652,7 +657,14 @@ def _expired(age: float, max_age: float) -> bool:
 
 def _load_value(record: Record) -> Any:
     """Unpickle a record's result (run by the engine inside its read transaction for large
-    results, which are then never copied out of the memory map)."""
+    results, which are then never copied out of the memory map). What this version writes
+    (plain pickle) is unpickled here, a frame less per hit than :func:`~.serialization.loads`,
+    which takes everything else."""
+    if record.serializer == PICKLE_TAG:
+        try:
+            return _pickle_loads(record.value_blob)
+        except Exception as err:  # class moved or deleted, module missing, truncated payload
+            raise cannot_load(err) from err
     return loads(record.value_blob, record.serializer, record.python_version)
 
 

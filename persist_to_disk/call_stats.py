@@ -25,7 +25,6 @@ interpreter (:data:`SHARED_COUNTERS`):
 ``reset`` never loses a count made meanwhile: it is in this snapshot or in the next.
 """
 
-import platform
 import sys
 import threading
 from typing import Dict, List
@@ -34,7 +33,7 @@ ZERO = {"hits": 0, "misses": 0, "computed_seconds": 0.0, "saved_seconds": 0.0}
 _NAMES = tuple(ZERO)
 
 #: Whether ``+=`` on a shared counter is never interrupted by another thread here.
-SHARED_COUNTERS = (platform.python_implementation() == "CPython"
+SHARED_COUNTERS = (sys.implementation.name == "cpython"  # (platform costs ~1.7 ms of import)
                    and sys.version_info >= (3, 10)
                    and getattr(sys, "_is_gil_enabled", lambda: True)())
 

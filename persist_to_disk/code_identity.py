@@ -28,7 +28,6 @@ before code versions existed, under ``ignore``, or imported from 0.0.7) are of u
 never warned about, never dropped as old code.
 """
 
-import hashlib
 import threading
 from typing import Any, Callable, Optional
 
@@ -37,7 +36,7 @@ from typing import Any, Callable, Optional
 # call of a cached function then hung (tests/test_closures_and_leaves.py, fork while resolving).
 # It costs ~0.9 ms of the package's import.
 from .fingerprint import code_fingerprint, code_tag, version_label
-from .keying import UnkeyableValue, encode_value
+from .keying import UnkeyableValue, _blake2b, encode_value
 
 WARN = "warn"
 RECOMPUTE = "recompute"
@@ -104,7 +103,7 @@ class CodeIdentity:
         parts = [b"ptd-code-identity-1", encode_value(self.version)]
         if self.policy == RECOMPUTE:
             parts.append(self.fingerprint.encode("ascii"))
-        return hashlib.blake2b(b"\0".join(parts), digest_size=32).digest()
+        return _blake2b(b"\0".join(parts), digest_size=32).digest()
 
     def tag(self) -> str:
         """The code tag written into each record: ``fingerprint|version`` (no fingerprint under

@@ -108,17 +108,24 @@ import __future__
 import ast
 import dis
 import functools
-import hashlib
 import io
+import json
 import linecache
 import logging
 import os
 import re
+import stat
 import sys
+import threading
 import time
 import tokenize
 import types
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+
+try:  # (hashlib.blake2b is this class; hashlib itself also loads OpenSSL, ~3 ms)
+    from _blake2 import blake2b as _blake2b
+except ImportError:
+    from hashlib import blake2b as _blake2b
 
 log = logging.getLogger("persist_to_disk")
 
@@ -231,14 +238,14 @@ def version_label(version: Any) -> str:
         text = _stable_repr(version)
     except Exception:  # (a repr that raises)
         text = f"<{type(version).__qualname__}>"
-    text = _ascii_text(_ADDRESS.sub("", text))
+    text = _ascii_text(re.sub(_ADDRESS, "", text))
     if len(text) > MAX_VERSION_LABEL_CHARS:
-        digest = hashlib.blake2b(text.encode("ascii"), digest_size=4).hexdigest()
+        digest = _blake2b(text.encode("ascii"), digest_size=4).hexdigest()
         text = text[:MAX_VERSION_LABEL_CHARS - 12] + "...#" + digest
     return text
 
 
-_ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
+_ADDRESS = r" at 0x[0-9A-Fa-f]+"  # (compiled by re when first used: ~0.1 ms off the import)
 
 
 def _ascii_text(text: str) -> str:
@@ -272,7 +279,7 @@ def _stable_repr(value: Any, depth: int = 0) -> str:
 def _digest(entries: Iterable[str]) -> str:
     """The fingerprint of a collection of entries: sorted, so that the order they were found
     in (the order of definitions and imports in a module) does not count."""
-    hasher = hashlib.blake2b(_FORMAT, digest_size=FINGERPRINT_CHARS // 2)
+    hasher = _blake2b(_FORMAT, digest_size=FINGERPRINT_CHARS // 2)
     for entry in sorted(set(entries)):
         data = entry.encode("ascii", "backslashreplace")
         hasher.update(b"%d:" % len(data))
@@ -578,12 +585,18 @@ def _function_code_entry(label: str, func: types.FunctionType) -> str:
 class _Source:
     """One parsed source: its lines, and (parsed once, when first needed) the whole file with
     its definitions indexed; plus the entries already encoded from it."""
-    __slots__ = ("filename", "lines", "_tree", "_defs", "_classes", "_lambdas", "encoded",
-                 "snippets", "stale")
+    __slots__ = ("filename", "_lines", "_tree", "_defs", "_classes", "_lambdas", "encoded",
+                 "snippets", "stale", "status", "memo")
 
-    def __init__(self, filename: str, lines: List[str], mtime_ns: Optional[int] = None) -> None:
+    def __init__(self, filename: str, lines: Optional[List[str]], mtime_ns: Optional[int] = None,
+                 status: Optional[os.stat_result] = None) -> None:
+        """``lines`` None: read from the file ``filename`` when first needed (with a memo,
+        a later process needs no line of an unchanged file: ~0.1 ms of a first call)."""
         self.filename = filename
-        self.lines = lines
+        self._lines = lines
+        #: its ``os.stat`` when it was read from disk (what its persistent memo is checked by)
+        self.status = status
+        self.memo: Optional["_FileMemo"] = None
         #: Modified after this process started: its module may have been imported before the
         #: edit (and runs the old code), so what is read from it is checked against the code
         #: that runs (:meth:`_Fingerprinter.trusted`).
@@ -594,6 +607,18 @@ class _Source:
         self._lambdas: Optional[Dict[int, List[ast.Lambda]]] = None
         self.encoded: Dict[Any, Any] = {}
         self.snippets: Dict[Tuple[str, int], Optional[ast.AST]] = {}
+
+    @property
+    def lines(self) -> List[str]:
+        lines = self._lines
+        if lines is None:
+            lines, status = _read_lines(self.filename)
+            known = self.status
+            if known is not None and (status is None or status.st_mtime_ns != known.st_mtime_ns
+                                      or status.st_size != known.st_size):
+                self.stale = True  # (changed since it was looked at: check what is read)
+            self._lines = lines
+        return lines
 
     def tree(self) -> Optional[ast.Module]:
         if self._tree is None:
@@ -731,6 +756,217 @@ def _split_lines(text: str) -> List[str]:
 _SOURCES: Dict[str, Tuple[Any, Optional[_Source]]] = {}
 
 
+# --- the persistent memo of what is read from whole files -------------------------------------
+
+_UNKNOWN = object()
+#: Changed whenever what a memo holds, or how it is computed, changes (the stamps of this file
+#: are part of every memo's header too, so an edited or upgraded fingerprint.py never reads a
+#: memo an older one wrote).
+MEMO_FORMAT = "ptd-fingerprint-memo-3"
+#: The memos' folder, in the settings folder (``PERSIST_TO_DISK_HOME``, ~/.persist_to_disk).
+MEMO_FOLDER_NAME = "fingerprints"
+_dirty_memos: List["_FileMemo"] = []
+
+
+def _stamp(status: os.stat_result) -> List[int]:
+    """What says a file is unchanged, with the digest of its text (:class:`_FileMemo`): size,
+    modification and change times (ns), inode and device. Stamps alone are not enough: images
+    (squashfs, SIF) and reproducible builds give two texts the same ones."""
+    return [status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino,
+            status.st_dev]
+
+
+@functools.lru_cache(maxsize=None)
+def _memo_header() -> Tuple[Any, ...]:
+    """What a memo must have been written by: this memo format and fingerprint format, this
+    exact Python (its parser and its bytecode decide what is read) and this very
+    fingerprint.py (its stamps)."""
+    try:
+        own = _stamp(os.stat(__file__))
+    except OSError:
+        own = None
+    return (MEMO_FORMAT, _FORMAT.decode("ascii"), sys.version, sys.implementation.cache_tag,
+            own)
+
+
+def _memo_place() -> Optional[Tuple[str, Any]]:
+    """``(folder, sharing)`` of the memos, or None when the settings folder is not one to
+    read or write them in (missing, or failing the trust check of the settings: the memos
+    decide fingerprints, and under ``recompute`` fingerprints decide which results are
+    returned)."""
+    from .engine import trust
+    from .settings import settings_folder, settings_sharing
+    sharing = settings_sharing()
+    settings = settings_folder()
+    folder = os.path.join(settings, MEMO_FOLDER_NAME)
+    for place in (settings, folder):
+        if trust.path_problem(place, sharing) is not None:
+            return None
+    return folder, sharing
+
+
+class _FileMemo:
+    """What the fingerprint read from the whole text of one source file, kept between processes
+    in ``<settings folder>/fingerprints/`` (a JSON file per source file): for each global name,
+    the code of the statements that assign it and the names they read
+    (:meth:`_Fingerprinter.assigned_code`), which otherwise costs a parse of the whole module
+    (~0.8 ms of a ~2.5 ms first fingerprint here; /tmp/b15A/fp.py).
+
+    Only what is a function of the file's text alone is kept, and only for a file not
+    modified since this process started (``_Source.stale``); a memo counts only when the file
+    has the stamps (:func:`_stamp`) and the text (its blake2b digest) it was written for, and
+    the same header
+    (:func:`_memo_header`). Everything else the fingerprint looks at (the module's globals,
+    which objects names are bound to, constants' values, closures, classes) is looked at
+    again in every process: a memo never stands for the fingerprint itself. Memos are read
+    and written under the settings folder's trust check (``projects.read_settings_file``);
+    one that cannot be read, or does not match, is ignored and written again.
+    """
+
+    def __init__(self, source: "_Source") -> None:
+        self.filename = source.filename
+        self.stamp = _stamp(source.status)
+        # The digest of the very text every entry is computed from (read now, once): stamps
+        # alone let two texts pass for one where tools set them (read-only images such as
+        # squashfs/SIF keep their files' times and inodes, reproducible builds fix the times):
+        # a memo is used only for the text it was written from. ~0.1 ms of a first call.
+        lines = source.lines
+        self.digest = (_blake2b("".join(lines).encode("utf-8", "surrogatepass"),
+                                digest_size=16).hexdigest()
+                       if lines and not source.stale else None)
+        self.entries: Dict[str, Any] = {}
+        self.definitions: Dict[str, Any] = {}
+        self.dirty = False
+
+    @staticmethod
+    def path_of(folder: str, filename: str) -> str:
+        name = _blake2b(filename.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        return os.path.join(folder, name + ".json")
+
+    def load(self) -> None:
+        from .projects import read_settings_file
+        if self.digest is None:
+            return
+        place = _memo_place()
+        if place is None:
+            return
+        folder, sharing = place
+        text = read_settings_file(self.path_of(folder, self.filename), sharing)
+        if not text:
+            return
+        data = json.loads(text)
+        if isinstance(data, dict) and data.get("header") == list(_memo_header()) \
+                and data.get("file") == self.filename and data.get("stamp") == self.stamp \
+                and data.get("digest") == self.digest \
+                and isinstance(data.get("assigned"), dict) \
+                and isinstance(data.get("definitions"), dict):
+            self.entries = data["assigned"]
+            self.definitions = data["definitions"]
+
+    def assigned(self, name: str) -> Any:
+        """``(text, names)`` or None as :meth:`_Fingerprinter.assigned_code` says, or
+        :data:`_UNKNOWN`."""
+        entry = self.entries.get(name, _UNKNOWN)
+        if entry is _UNKNOWN or entry is None:
+            return entry
+        text, names = entry
+        if names is None:
+            return text, None
+        found = _CodeNames()
+        found.globals.update(names[0])
+        found.chains.update(tuple(chain) for chain in names[1])
+        found.attributes.update(names[2])
+        return text, found
+
+    def definition(self, key: str) -> Any:
+        """A definition as :meth:`_Fingerprinter.definition` gives it, or :data:`_UNKNOWN`."""
+        return self.definitions.get(key, _UNKNOWN)
+
+    def learn_definition(self, key: str, found: Optional[List[Any]]) -> None:
+        self.definitions[key] = found
+        self._changed()
+
+    def _changed(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            _dirty_memos.append(self)
+
+    def learn(self, name: str, found: Optional[Tuple[str, Optional[_CodeNames]]]) -> None:
+        if found is None:
+            entry = None
+        else:
+            text, names = found
+            entry = [text, None if names is None else
+                     [sorted(names.globals), sorted(list(chain) for chain in names.chains),
+                      sorted(names.attributes)]]
+        self.entries[name] = entry
+        self._changed()
+
+    def save(self) -> None:
+        self.dirty = False
+        if self.digest is None:  # (unreadable, or changed while read: never memoised)
+            return
+        place = _memo_place()
+        if place is None:
+            return
+        folder, _ = place
+        from .engine import make_private_dirs
+        make_private_dirs(folder)
+        text = json.dumps({"header": list(_memo_header()), "file": self.filename,
+                           "stamp": self.stamp, "digest": self.digest,
+                           "assigned": dict(self.entries),
+                           "definitions": dict(self.definitions)})
+        path = self.path_of(folder, self.filename)
+        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_CLOEXEC", 0), 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(temporary, path)  # (no fsync: a memo lost in a crash is made again)
+            temporary = None
+        finally:
+            if temporary is not None:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
+
+
+def _file_memo(source: "_Source") -> _FileMemo:
+    """The persistent memo of ``source`` (a file on disk not edited since the process
+    started), read once per process and source version."""
+    memo = source.memo
+    if memo is None:
+        memo = _FileMemo(source)
+        try:
+            memo.load()
+        except Exception as err:  # (unreadable, untrusted, not JSON: computed and written again)
+            log.debug("code fingerprint: memo of %s not read (%s: %s)", source.filename,
+                      type(err).__name__, err)
+        source.memo = memo
+    return memo
+
+
+def save_memos() -> None:
+    """Write the memos fingerprints added to (never raises: a memo is an economy).
+
+    Not done by :func:`code_fingerprint` itself: a call computes the fingerprint before it
+    keys its arguments, and a call whose arguments cannot be keyed writes nothing, not even
+    in the settings folder. The decorator saves them when it opens a store
+    (``PersistedFunction.store_for``), where the settings folder is written anyway."""
+    while _dirty_memos:
+        try:
+            memo = _dirty_memos.pop()
+        except IndexError:  # (another thread took the last one)
+            return
+        try:
+            memo.save()
+        except Exception as err:
+            log.debug("code fingerprint: memo of %s not written (%s: %s)", memo.filename,
+                      type(err).__name__, err)
+
+
 class _Bindings:
     """What the top level of a module (its top-level ``if``/``try``/``with`` blocks included)
     binds: ``assignments``, the statements that assign each name (``=``, annotated, augmented;
@@ -861,6 +1097,23 @@ def _same_value(literal: Any, value: Any) -> bool:
         return False
 
 
+def _read_lines(filename: str) -> Tuple[List[str], Optional[os.stat_result]]:
+    """The lines of the file ``filename`` (each ending with a line break) and its ``fstat``;
+    ``[]`` when it cannot be read."""
+    try:
+        with open(filename, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            data = handle.read()
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        lines = _split_lines(data.decode(encoding))
+    except (OSError, SyntaxError, UnicodeDecodeError, LookupError) as err:
+        log.debug("code fingerprint: cannot read %s (%s)", filename, err)
+        return [], None
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    return lines, status
+
+
 def _source(filename: str, module_globals: Optional[dict]) -> Optional[_Source]:
     """The parsed source of ``filename``, cached while the file keeps its modification time
     and size. A file that is not on disk is looked for in :mod:`linecache` (IPython and
@@ -876,14 +1129,12 @@ def _source(filename: str, module_globals: Optional[dict]) -> Optional[_Source]:
         cached = _SOURCES.get(filename)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        try:
-            with open(filename, "rb") as handle:
-                data = handle.read()
-            encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
-            lines = _split_lines(data.decode(encoding))
-        except (OSError, SyntaxError, UnicodeDecodeError, LookupError) as err:
-            log.debug("code fingerprint: cannot read %s (%s)", filename, err)
+        if not stat.S_ISREG(status.st_mode) or not status.st_size:
             lines = []
+        else:  # (read when first needed: Source.lines)
+            source = _Source(filename, None, status.st_mtime_ns, status)
+            _SOURCES[filename] = (stamp, source)
+            return source
     else:
         if filename in linecache.cache:
             lines = list(linecache.getlines(filename))  # (a copy: linecache's own is cached)
@@ -897,8 +1148,8 @@ def _source(filename: str, module_globals: Optional[dict]) -> Optional[_Source]:
             return cached[1]
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
-    source = _Source(filename, lines, status.st_mtime_ns if status is not None else None) \
-        if lines else None
+    source = _Source(filename, lines, status.st_mtime_ns if status is not None else None,
+                     status) if lines else None
     _SOURCES[filename] = (stamp, source)
     return source
 
@@ -924,15 +1175,24 @@ def _installation_folders() -> Tuple[str, ...]:
     return tuple(sorted(os.path.realpath(folder) for folder in folders if folder))
 
 
+_own_folders_known: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
+
+
 def _own_folders() -> Tuple[str, ...]:
     """The folders of persist_to_disk's own packages (the API layer, the engine, the shared
-    tier): never project code, also in a development checkout inside the project."""
-    folders = set()
-    for name, module in list(sys.modules.items()):
+    tier): never project code, also in a development checkout inside the project. Resolved
+    once per process for each set of package folders (``realpath`` costs ~30 µs a folder)."""
+    paths: List[str] = []
+    for name in [name for name in list(sys.modules) if name.startswith("persist_to_disk")]:
         if name == "persist_to_disk" or name.startswith("persist_to_disk."):
-            for folder in getattr(module, "__path__", None) or ():
-                folders.add(os.path.realpath(folder))
-    return tuple(sorted(folders))
+            module = sys.modules.get(name)
+            paths.extend(getattr(module, "__path__", None) or ())
+    key = tuple(paths)
+    known = _own_folders_known.get(key)
+    if known is None:
+        known = _own_folders_known[key] = tuple(sorted({os.path.realpath(folder)
+                                                         for folder in paths}))
+    return known
 
 
 class _Project:
@@ -1106,18 +1366,70 @@ class _Fingerprinter:
 
     def function_entry(self, func: types.FunctionType, label: str) -> str:
         code = func.__code__
-        source, node = self.source_node(func)
-        if node is None:
+        definition = self.definition(func)
+        if definition is None:
             log.debug("code fingerprint: no source for %s (%s:%s); its code object counts",
                       func.__qualname__, code.co_filename, code.co_firstlineno)
             return _function_code_entry(label, func)
-        key = ("entry", id(node))
-        text = source.encoded.get(key)
-        if text is None:
-            kind = "lambda" if isinstance(node, ast.Lambda) else "function"
-            text = kind + ":" + _encode_node(node, self.decorator_filter(func.__globals__))
-            source.encoded[key] = text
-        return f"{label}:{text}"
+        return f"{label}:{definition[0]}"
+
+    def definition(self, func: types.FunctionType) -> Optional[List[Any]]:
+        """What the fingerprint reads from the definition of ``func`` in its source, None
+        when that is not the code that runs (no source, edited since the import):
+        ``[text, keeps, decorators, defaults]``, ``text`` its encoded code (``function:`` or
+        ``lambda:`` and :func:`_encode_node`), ``keeps`` the answers of :func:`_keeps` that
+        text was encoded with (``[[chain, kept], ...]``), ``decorators`` (None for a lambda)
+        each decorator of the def as ``[chain, names, chains]`` (what it reads, taken when it
+        is kept) and ``defaults`` ``[names, chains]`` of its default values.
+
+        For a file not edited since this process started this depends only on the file's
+        text, the code's name and its first and last lines, and the answers in ``keeps``
+        (asked again of this process's module globals, :func:`_keeps`): it is kept in the
+        file's persistent memo (:class:`_FileMemo`) and used when every answer is the same.
+        """
+        code = func.__code__
+        namespace = func.__globals__
+        memo = key = None
+        source = _source(code.co_filename, namespace)
+        if source is not None and not source.stale and source.status is not None:
+            memo = _file_memo(source)
+            key = f"def:{code.co_name}:{code.co_firstlineno}:{_last_line(code)}"
+            known = memo.definition(key)
+            if known is None or (known is not _UNKNOWN and all(
+                    _keeps(namespace, tuple(chain)) == kept for chain, kept in known[1])):
+                return known
+        source, node = self.source_node(func)
+        if node is None:
+            found = None
+        else:
+            cached = ("definition", id(node))
+            parts = source.encoded.get(cached)
+            if parts is None:
+                decorators = None
+                defaults = None
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    decorators = [[_decorator_chain(d)] + _names_entry(*_expression_names([d]))
+                                  for d in node.decorator_list]
+                    defaults = _names_entry(*_expression_names(
+                        list(node.args.defaults) + list(node.args.kw_defaults)))
+                parts = source.encoded[cached] = (_decorator_chains(node), decorators, defaults)
+            chains, decorators, defaults = parts
+            keeps = [[list(chain), _keeps(namespace, chain)] for chain in chains]
+            # The text depends on which decorators are persistf in this namespace (the same
+            # file may run as __main__ and as a module, with other bindings): keyed by them.
+            key_text = ("entry", id(node), tuple(repr(kept) for _, kept in keeps))
+            text = source.encoded.get(key_text)
+            if text is None:
+                kind = "lambda" if isinstance(node, ast.Lambda) else "function"
+                text = kind + ":" + _encode_node(node, self.decorator_filter(namespace))
+                source.encoded[key_text] = text
+            found = [text, keeps,
+                     None if decorators is None else
+                     [[None if d[0] is None else list(d[0]), d[1], d[2]] for d in decorators],
+                     defaults]
+        if memo is not None and not source.stale:
+            memo.learn_definition(key, found)
+        return found
 
     def source_node(self, func: types.FunctionType) -> Tuple[Optional[_Source], Optional[ast.AST]]:
         """The source of ``func`` and its definition there, when that is the code that runs
@@ -1248,19 +1560,8 @@ class _Fingerprinter:
         namespace = namespace or {}
 
         def keep(decorator: ast.expr) -> bool:
-            target = decorator.func if isinstance(decorator, ast.Call) else decorator
-            chain = _attribute_chain(target)
-            if chain is None:
-                return True
-            value = namespace.get(chain[0], _MISSING)
-            for attribute in chain[1:]:
-                if not isinstance(value, types.ModuleType):
-                    value = _MISSING
-                    break
-                value = vars(value).get(attribute, _MISSING)
-            if value is not _MISSING:
-                return not _is_ours(value)
-            return chain[-1] != "persistf"
+            chain = _decorator_chain(decorator)
+            return chain is None or _keeps(namespace, chain)
         return keep
 
     # -- what an object uses
@@ -1278,14 +1579,14 @@ class _Fingerprinter:
         code = func.__code__
         names = _code_names(code)
         namespace = func.__globals__
-        _, node = self.source_node(func)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            keep = self.decorator_filter(namespace)
-            extra_names, extra_chains = _expression_names(
-                [d for d in node.decorator_list if keep(d)] + list(node.args.defaults)
-                + list(node.args.kw_defaults))
-            names.globals.update(extra_names)
-            names.chains.update(extra_chains)
+        definition = self.definition(func)
+        if definition is not None and definition[2] is not None:  # (a def, not a lambda)
+            kept = [definition[3]] + [
+                [read, chains] for chain, read, chains in definition[2]
+                if chain is None or _keeps(namespace, tuple(chain))]
+            for read, chains in kept:
+                names.globals.update(read)
+                names.chains.update(tuple(chain) for chain in chains)
         helpers = self.resolve(names, namespace, entries, constants_only)
         if constants_only:
             return helpers
@@ -1396,19 +1697,13 @@ class _Fingerprinter:
         code: the same code gives the same fingerprint on every machine, whatever the value);
         else (no such statement, a name an import binds, a file edited since the import) its
         value when it is a constant. A function or class value is followed as a helper."""
-        statements = self.assigned(home, name, value)
-        if statements is not None:
-            source, nodes = statements
-            key = ("assigned", name)
-            text = source.encoded.get(key)
-            if text is None:
-                text = source.encoded[key] = "".join(
-                    _encode_node(node, lambda decorator: True, top=False) for node in nodes)
+        found = self.assigned_code(home, name, value)
+        if found is not None:
+            text, names = found
             entries.add(f"assigned:{label}={text}")
             visit = (id(home), name, constants_only)
             if visit not in self.followed:
                 self.followed.add(visit)
-                names = self.statement_names(source, name, nodes)
                 if names is not None:
                     helpers.extend(self.resolve(names, home, entries, constants_only))
         else:
@@ -1419,6 +1714,40 @@ class _Fingerprinter:
         found = self.value_helpers(label, value, entries)
         if not constants_only:
             helpers.extend(found)
+
+    def assigned_code(self, home: dict, name: str, value: Any
+                      ) -> Optional[Tuple[str, Optional[_CodeNames]]]:
+        """``(text, names)`` of the statements that assign the global ``name`` of the module
+        whose globals are ``home`` (:meth:`assigned`): their encoded code and the names they
+        read (None: they could not be compiled alone); None when they do not count.
+
+        For a file not edited since this process started, this is a function of the file's
+        text and ``name`` alone, and is kept in the file's persistent memo (:class:`_FileMemo`):
+        a later process whose file has the same stamps does not parse the whole module for it.
+        """
+        filename = home.get("__file__")
+        source = _source(filename, home) if isinstance(filename, str) else None
+        if source is None:
+            return None
+        memo = None
+        if not source.stale and source.status is not None:
+            memo = _file_memo(source)
+            known = memo.assigned(name)
+            if known is not _UNKNOWN:
+                return known
+        statements = self.assigned(home, name, value)
+        found = None
+        if statements is not None:
+            source, nodes = statements
+            key = ("assigned", name)
+            text = source.encoded.get(key)
+            if text is None:
+                text = source.encoded[key] = "".join(
+                    _encode_node(node, lambda decorator: True, top=False) for node in nodes)
+            found = (text, self.statement_names(source, name, nodes))
+        if memo is not None and not source.stale:
+            memo.learn(name, found)
+        return found
 
     def assigned(self, home: dict, name: str, value: Any
                  ) -> Optional[Tuple[_Source, List[ast.stmt]]]:
@@ -1496,6 +1825,42 @@ class _Fingerprinter:
 #: Compile class bodies with annotations left as text: names in annotations are not followed
 #: (as for functions, whose annotations are not in their code).
 _ANNOTATIONS_FLAG = __future__.annotations.compiler_flag
+
+
+def _decorator_chain(decorator: ast.expr) -> Optional[Tuple[str, ...]]:
+    """The name a decorator is looked up by (``persistf`` in ``@ptd.persistf(...)``: the
+    chain ``("ptd", "persistf")``), or None when it is no name (always kept)."""
+    return _attribute_chain(decorator.func if isinstance(decorator, ast.Call) else decorator)
+
+
+def _keeps(namespace: dict, chain: Tuple[str, ...]) -> bool:
+    """Whether the decorator named by ``chain`` in a module whose globals are ``namespace``
+    counts (:meth:`_Fingerprinter.decorator_filter`): all but persist_to_disk's."""
+    value = namespace.get(chain[0], _MISSING)
+    for attribute in chain[1:]:
+        if not isinstance(value, types.ModuleType):
+            value = _MISSING
+            break
+        value = vars(value).get(attribute, _MISSING)
+    if value is not _MISSING:
+        return not _is_ours(value)
+    return chain[-1] != "persistf"
+
+
+def _decorator_chains(node: ast.AST) -> List[Tuple[str, ...]]:
+    """The chains of every decorator inside ``node`` (its own and its nested definitions'):
+    every decorator the encoding of ``node`` asks :func:`_keeps` about."""
+    chains = set()
+    for inner in ast.walk(node):
+        for decorator in getattr(inner, "decorator_list", None) or ():
+            chain = _decorator_chain(decorator)
+            if chain is not None:
+                chains.add(chain)
+    return sorted(chains)
+
+
+def _names_entry(names: Set[str], chains: Set[Tuple[str, ...]]) -> List[Any]:
+    return [sorted(names), sorted(list(chain) for chain in chains)]
 
 
 def _layers(func: Any) -> List[Any]:

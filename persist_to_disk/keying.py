@@ -17,23 +17,26 @@ Anything that has no stable encoding (a lambda, an open file, a lock, a referenc
 """
 
 import dataclasses
-import datetime
-import decimal
 import enum
-import fractions
 import functools
-import hashlib
 import logging
 import operator
-import pathlib
 import struct
 import sys
 import threading
 import types
-import uuid
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Sequence, Tuple,
+                    Union)
+
+if TYPE_CHECKING:  # (annotations only: hashlib itself is not imported, see _blake2b)
+    import hashlib
 
 from .errors import UnkeyableArgumentError
+
+try:  # hashlib.blake2b is this class; hashlib itself also loads OpenSSL (~3 ms of an import)
+    from _blake2 import blake2b as _blake2b
+except ImportError:  # (a Python built without it: hashlib's, whatever it is)
+    from hashlib import blake2b as _blake2b
 
 log = logging.getLogger("persist_to_disk")
 
@@ -109,19 +112,21 @@ def _encode_scalar_fallback(value: Any, out: bytearray, active: set) -> None:
             out += _text(b"s", field.name)
             _encode(getattr(value, field.name), out, active)
         return
-    if isinstance(value, pathlib.PurePath):
+    if isinstance(value, _loaded("pathlib", ("PurePath",))):
         out += _reference(cls) + _text(b"P", str(value))
         return
-    if isinstance(value, (datetime.date, datetime.time, datetime.timedelta)):
+    dates = _loaded("datetime", ("date", "time", "timedelta"))
+    if isinstance(value, dates):
         out += _reference(cls)
-        if isinstance(value, datetime.timedelta):
+        if isinstance(value, dates[2]):
             out += _text(b"T", f"{value.days},{value.seconds},{value.microseconds}")
         else:
             out += _text(b"T", value.isoformat())
             tz = getattr(value, "tzinfo", None)
             out += _text(b"z", str(tz) if tz is not None else "")
         return
-    if isinstance(value, (decimal.Decimal, fractions.Fraction, uuid.UUID)):
+    if isinstance(value, _loaded("decimal", ("Decimal",)) + _loaded("fractions", ("Fraction",))
+                  + _loaded("uuid", ("UUID",))):
         out += _reference(cls) + _text(b"v", str(value))
         return
     if type(value).__name__ == "Namespace" and module == "argparse":
@@ -129,6 +134,35 @@ def _encode_scalar_fallback(value: Any, out: bytearray, active: set) -> None:
         _encode(vars(value), out, active)
         return
     _encode_object(value, out, active)
+
+
+#: Where the classes :func:`_loaded` names may live: the module, then its C twin (whose
+#: classes are the module's). Not the pure-Python twins (``_pydecimal``, ``_pydatetime``):
+#: their classes are other classes, keyed as any object, as when the module was imported
+#: eagerly; taking them for the module's keyed the module's own values as objects for the
+#: rest of a process that imported ``_pydecimal`` first.
+_HOMES = {"datetime": ("datetime", "_datetime"), "decimal": ("decimal", "_decimal")}
+_LOADED: Dict[str, tuple] = {}
+
+
+def _loaded(module: str, names: Tuple[str, ...]) -> tuple:
+    """The classes ``names`` of ``module`` when it is imported, else ``()``.
+
+    These modules are not imported by keying (datetime, decimal, fractions, uuid and pathlib
+    cost ~5 ms of ``import persist_to_disk``, ``python -X importtime``): a value of one of
+    their classes, or of a subclass, exists only once the module defining the class has been
+    imported, so a module not in ``sys.modules`` has no instance to key."""
+    classes = _LOADED.get(module)
+    if classes is not None:
+        return classes
+    for home in _HOMES.get(module, (module,)):
+        loaded = sys.modules.get(home)
+        found = tuple(getattr(loaded, name, None) for name in names) if loaded else ()
+        if found and all(isinstance(kind, type) for kind in found):
+            if home == module:  # (kept only once the module itself is complete)
+                _LOADED[module] = found
+            return found
+    return ()
 
 
 def _only_fields(value: Any) -> bool:
@@ -161,7 +195,7 @@ def _encode_array(array: Any, out: bytearray, active: set) -> None:
     out += _reference(type(array)) + _text(b"A", f"{descriptor}|{shape}")
     buffer = array.tobytes()  # C order, whatever the array's memory layout
     # Hash large buffers on their own: keeps the key small and avoids one more copy.
-    out += hashlib.blake2b(buffer, digest_size=32).digest()
+    out += _blake2b(buffer, digest_size=32).digest()
 
 
 def _encode_object(value: Any, out: bytearray, active: set) -> None:
@@ -292,10 +326,10 @@ def encode_value(value: Any) -> bytes:
 
 def value_digest(value: Any) -> bytes:
     """Digest of one value's canonical bytes (raises ``UnkeyableValue``)."""
-    return hashlib.blake2b(encode_value(value), digest_size=DIGEST_SIZE).digest()
+    return _blake2b(encode_value(value), digest_size=DIGEST_SIZE).digest()
 
 
-_HASHER = hashlib.blake2b(digest_size=DIGEST_SIZE)  # copied per digest: cheaper than a new one
+_HASHER = _blake2b(digest_size=DIGEST_SIZE)  # copied per digest: cheaper than a new one
 
 
 def call_digest(group_values: Tuple[Any, ...], key: Tuple[Tuple[str, Any], ...],
@@ -344,7 +378,7 @@ def salted_hasher(salt: bytes) -> "hashlib._Hash":
     that the same arguments name another record in each version, at no cost per call (the
     keyed hasher is copied as the plain one is). An empty salt gives the plain hasher: the
     digests of a function without a version are those of every earlier release."""
-    return hashlib.blake2b(digest_size=DIGEST_SIZE, key=salt) if salt else _HASHER
+    return _blake2b(digest_size=DIGEST_SIZE, key=salt) if salt else _HASHER
 
 
 _EMPTY = object()  # what an empty cell (a variable not assigned yet) holds for CapturedValues

@@ -32,15 +32,13 @@ and it must be UTF-8 text; anything wrong with the settings is a :class:`ConfigE
 ``UntrustedFolderError``) naming the file or variable and what to do.
 """
 
-import configparser
 import io
 import logging
 import os
-import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from .engine import (MAX_BUCKET, Durability, EngineError, EngineSettings, LocalStorage,
                      LockScope, Sharing, Wording, make_private_dirs)
@@ -52,6 +50,9 @@ from .imported import legacy_buckets_message
 from .projects import check_project_path, check_settings_folder, project_id, read_settings_file
 from .remote_config import DEFAULTS as REMOTE_DEFAULTS
 from .remote_config import check_namespace, parse_remote_values, remote_settings
+
+if TYPE_CHECKING:
+    import configparser
 
 SETTINGS_ENV = "PERSIST_TO_DISK_HOME"
 SECTION = "global_settings"
@@ -92,9 +93,24 @@ WORDING = Wording(
 engine_settings.install(engine_settings.current().replace(wording=WORDING))
 
 
+_settings_folder_known: Tuple[Any, str] = ((), "")
+
+
 def settings_folder() -> str:
-    return os.path.abspath(os.path.expanduser(
-        os.environ.get(SETTINGS_ENV) or os.path.join("~", ".persist_to_disk")))
+    """The settings folder: ``PERSIST_TO_DISK_HOME``, else ``~/.persist_to_disk``. Asked ~7
+    times by a first call: remembered for the values of the variables it depends on, when
+    it does not depend on the working directory too."""
+    global _settings_folder_known
+    chosen = os.environ.get(SETTINGS_ENV)
+    key = (chosen, os.environ.get("HOME"))
+    known = _settings_folder_known
+    if known[0] == key:
+        return known[1]
+    path = os.path.expanduser(chosen or os.path.join("~", ".persist_to_disk"))
+    folder = os.path.abspath(path)
+    if os.path.isabs(path):
+        _settings_folder_known = (key, folder)
+    return folder
 
 
 def settings_folder_source() -> str:
@@ -118,9 +134,19 @@ def settings_sharing() -> Sharing:
         raise ConfigError(f"environment variable {name}: {err}") from None
 
 
-def _config_parser() -> configparser.ConfigParser:
-    """A parser that reads values as written: a ``%`` in a path is a ``%``."""
+def _config_parser() -> "configparser.ConfigParser":
+    """A parser that reads values as written: a ``%`` in a path is a ``%``.
+
+    configparser is imported here, when a config.ini is read or written (~2 ms of a plain
+    import otherwise); a forked child imports it before the fork (``CALL_PATH_MODULES``)."""
+    import configparser
     return configparser.ConfigParser(interpolation=None)
+
+
+#: What the first call of a decorated function may import lazily: imported before a fork
+#: (``persist_to_disk/__init__.py``), so that a child never waits for an import lock a
+#: parent thread held at the fork.
+CALL_PATH_MODULES = ("configparser",)
 
 
 def parse_hashsize(value: Any, where: str) -> int:
@@ -241,7 +267,7 @@ class Config:
                 parser = _config_parser()
                 try:
                     parser.read_string(text, source=path)
-                except configparser.Error as err:
+                except _configparser_error() as err:
                     raise ConfigError(f"{path} cannot be parsed ({err}). Fix it, or delete it "
                                       "and run persist_to_disk.config.generate_config().") from err
                 if parser.has_section(SECTION):
@@ -354,6 +380,7 @@ class Config:
         check_settings_folder(folder, settings_sharing(), settings_folder_source())
         temporary = None
         try:
+            import tempfile  # (only here: writing the settings)
             fd, temporary = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=folder)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
@@ -551,7 +578,12 @@ class Config:
         return f"Config(project_path={self._project_path!r}, settings={loaded})"
 
 
-def _written(parser: configparser.ConfigParser, path: str) -> str:
+def _configparser_error() -> type:
+    import configparser
+    return configparser.Error
+
+
+def _written(parser: "configparser.ConfigParser", path: str) -> str:
     """The text of ``parser``, after checking that reading it back (as ``_ensure_loaded``
     reads) gives every value as it is: a value configparser cannot carry (leading or
     trailing spaces, a line break, text that is not UTF-8) is a ConfigError naming it."""
@@ -561,7 +593,7 @@ def _written(parser: configparser.ConfigParser, path: str) -> str:
     check = _config_parser()
     try:
         check.read_string(text, source=path)
-    except configparser.Error as err:
+    except _configparser_error() as err:
         raise ConfigError(f"Cannot write {path}: the settings would not read back ({err}). "
                           "Set the odd value with its environment variable instead.") from None
     for key, value in parser[SECTION].items():

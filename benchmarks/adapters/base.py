@@ -35,6 +35,9 @@ class Adapter:
     #: ``fill`` writes everything at once (rewriting files it already wrote if called again):
     #: fill a size in one call rather than in chunks
     bulk_fill = False
+    #: every stored call is synced to disk before the call returns (one fsync per commit):
+    #: the small-result scenario times its misses against the fsync floor, paired
+    syncs_each_call = False
 
     def __init__(self, folder: str) -> None:
         self.folder = folder

@@ -10,6 +10,7 @@ class PersistToDisk(Adapter):
     name = "persist_to_disk"
     label = "persist_to_disk (standard)"
     durability = "standard"
+    syncs_each_call = True
     subject = True
     # The store a fast-durability process writes is the same file a standard one writes: fill
     # with the fast setting (no fsync per call), then measure with the setting under test.
@@ -49,4 +50,5 @@ class PersistToDiskFast(PersistToDisk):
     name = "persist_to_disk-fast"
     label = "persist_to_disk (fast)"
     durability = "fast"
+    syncs_each_call = False
     fill_with = None
