@@ -106,14 +106,23 @@ def evaluate(results: Results, settings: Settings) -> List[Target]:
     return targets + issue15(results, settings)
 
 
+def _worse_by(results: Results, scenario: str, metric: str, ours: str, other: str, params,
+              lower_is_better: bool) -> Union[Tuple[float, float, float], str]:
+    """``(ours, theirs, how many times worse ours is)``, or why a median is missing."""
+    medians = _medians(results, scenario, metric, (ours, other), params)
+    if isinstance(medians, str):
+        return medians
+    mine, theirs = medians
+    return mine, theirs, (mine / theirs if lower_is_better else theirs / mine)
+
+
 def _within(results: Results, text: str, scenario: str, metric: str, ours: str, floor: str,
             factor: float, lower_is_better: bool, params=None, unit: str = "µs") -> Target:
     """Met if ours is no more than ``factor`` times worse than ``floor``."""
-    medians = _medians(results, scenario, metric, (ours, floor), params)
-    if isinstance(medians, str):
-        return Target(text, "not measured", medians)
-    mine, best = medians
-    worse = mine / best if lower_is_better else best / mine
+    found = _worse_by(results, scenario, metric, ours, floor, params, lower_is_better)
+    if isinstance(found, str):
+        return Target(text, "not measured", found)
+    mine, best, worse = found
     status = "met" if worse <= factor else "NOT met"
     return Target(text, status, f"{mine:.2f} {unit} vs {best:.2f} {unit}: {worse:.2f}× "
                                 f"{'slower' if worse >= 1 else 'faster'} than the floor "
@@ -269,12 +278,11 @@ def _at_most(results: Results, text: str, scenario: str, metric: str, ours: str,
              factor: float, params=None, unit: str = "µs", lower_is_better: bool = True
              ) -> Target:
     """Met if ours is at most ``factor`` times ``other``'s cost (or, for a throughput, at least
-    ``1 / factor`` times its throughput)."""
-    medians = _medians(results, scenario, metric, (ours, other), params)
-    if isinstance(medians, str):
-        return Target(text, "not measured", medians)
-    mine, theirs = medians
-    ratio = mine / theirs if lower_is_better else theirs / mine
+    ``1 / factor`` times its throughput): :func:`_within`'s test, worded for a peer."""
+    found = _worse_by(results, scenario, metric, ours, other, params, lower_is_better)
+    if isinstance(found, str):
+        return Target(text, "not measured", found)
+    mine, theirs, ratio = found
     status = "met" if ratio <= factor else "NOT met"
     return Target(text, status, f"{mine:,.2f} {unit} vs {theirs:,.2f} {unit} ({other}): "
                                 f"{ratio:.2f}× (allowed ≤ {factor:g}×)")

@@ -82,6 +82,33 @@ def test_values_of_types_keying_does_not_import_are_keyed_by_value(tmp_path):
     run(code, tmp_path)
 
 
+# The end of both fork scripts: fork while ``importer`` (a thread) is in the middle of an import,
+# the child runs ``child_works()`` (exit 0 if it returns true), and the parent prints
+# "child <exit status>", or "child hung" after 30 s (the child then killed).
+FORK_AND_WAIT = """
+pid = os.fork()
+if pid == 0:
+    try:
+        code = 0 if child_works() else 3
+    except BaseException:
+        code = 4
+    os._exit(code)
+deadline = time.monotonic() + 30
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child", os.waitstatus_to_exitcode(status))
+        break
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print("child hung")
+        break
+    time.sleep(0.01)
+importer.join(10)
+"""
+
+
 # A thread is importing configparser (a first call's settings read imports it, when a
 # config.ini exists) when the main thread forks: the import is held in the middle for 0.5 s.
 # The child's first call reads config.ini and must not wait for that import for ever.
@@ -122,27 +149,9 @@ def double(x):
 importer = threading.Thread(target=lambda: __import__("configparser"))
 importer.start()
 started.wait(10)
-pid = os.fork()
-if pid == 0:
-    try:
-        code = 0 if double(21) == 42 and ptd.config.get_hashsize() == 7 else 3
-    except BaseException:
-        code = 4
-    os._exit(code)
-deadline = time.monotonic() + 30
-while True:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        print("child", os.waitstatus_to_exitcode(status))
-        break
-    if time.monotonic() > deadline:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        print("child hung")
-        break
-    time.sleep(0.01)
-importer.join(10)
-"""
+def child_works():
+    return double(21) == 42 and ptd.config.get_hashsize() == 7
+""" + FORK_AND_WAIT
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
@@ -159,38 +168,24 @@ def test_a_child_forked_while_a_thread_loads_compaction_or_verification_does_not
     meta-path finder that sleeps here) when another thread forks: the fork waits for that
     import, so the child can use the module. Without the wait the child hung for ever."""
     code = f"""
-    import importlib.abc, os, sys, threading, time
-    import persist_to_disk
-    from persist_to_disk import engine
-    full = "persist_to_disk.engine.{name}"
-    assert full not in sys.modules
-    started = threading.Event()
-    class SlowFinder(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path, target=None):
-            if fullname == full:
-                started.set()
-                time.sleep(1.0)
-            return None
-    sys.meta_path.insert(0, SlowFinder())
-    attribute = "compact" if "{name}" == "compaction" else "verify_store"
-    importer = threading.Thread(target=lambda: getattr(engine, attribute))
-    importer.start()
-    assert started.wait(10)
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0 if callable(getattr(engine, attribute)) else 3)
-    deadline = time.monotonic() + 20
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            print("child", os.waitstatus_to_exitcode(status))
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            print("child hung")
-            break
-        time.sleep(0.01)
-    importer.join(10)
-    """
+import importlib.abc, os, sys, threading, time
+import persist_to_disk
+from persist_to_disk import engine
+full = "persist_to_disk.engine.{name}"
+assert full not in sys.modules
+started = threading.Event()
+class SlowFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == full:
+            started.set()
+            time.sleep(1.0)
+        return None
+sys.meta_path.insert(0, SlowFinder())
+attribute = "compact" if "{name}" == "compaction" else "verify_store"
+importer = threading.Thread(target=lambda: getattr(engine, attribute))
+importer.start()
+assert started.wait(10)
+def child_works():
+    return callable(getattr(engine, attribute))
+""" + FORK_AND_WAIT
     assert run(code, tmp_path, timeout=60).stdout.split()[-2:] == ["child", "0"]
