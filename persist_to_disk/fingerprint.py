@@ -116,7 +116,6 @@ import os
 import re
 import stat
 import sys
-import threading
 import time
 import tokenize
 import types
@@ -916,21 +915,9 @@ class _FileMemo:
                            "stamp": self.stamp, "digest": self.digest,
                            "assigned": dict(self.entries),
                            "definitions": dict(self.definitions)})
-        path = self.path_of(folder, self.filename)
-        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                         | getattr(os, "O_CLOEXEC", 0), 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(temporary, path)  # (no fsync: a memo lost in a crash is made again)
-            temporary = None
-        finally:
-            if temporary is not None:
-                try:
-                    os.unlink(temporary)
-                except OSError:
-                    pass
+        from .projects import write_settings_file
+        # (not durable: a memo lost in a crash is made again)
+        write_settings_file(self.path_of(folder, self.filename), text, durable=False)
 
 
 def _file_memo(source: "_Source") -> _FileMemo:

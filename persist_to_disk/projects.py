@@ -121,6 +121,29 @@ def read_settings_file(path: str, sharing) -> Optional[str]:
             "as UTF-8, or delete it and run persist_to_disk.config.generate_config().") from None
 
 
+def write_settings_file(path: str, text: str, durable: bool = True) -> None:
+    """Replace the settings file ``path`` with ``text`` whole (readers see the old text or the
+    new, never part of it): written to an owner-only temporary file beside it (a random name,
+    created exclusively: a temporary left by a killed process blocks nobody) and renamed over
+    it; with ``durable``, synced first. Raises ``OSError``; the temporary file never stays."""
+    temporary = f"{path}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
 def _parse_ids(text: str, path: str) -> Dict[str, str]:
     ids: Dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):

@@ -47,7 +47,8 @@ from .code_identity import DEFAULT_POLICY as DEFAULT_CODE_CHANGES
 from .code_identity import parse_code_changes
 from .errors import ConfigError, warn
 from .imported import legacy_buckets_message
-from .projects import check_project_path, check_settings_folder, project_id, read_settings_file
+from .projects import (check_project_path, check_settings_folder, project_id, read_settings_file,
+                       write_settings_file)
 from .remote_config import DEFAULTS as REMOTE_DEFAULTS
 from .remote_config import check_namespace, parse_remote_values, remote_settings
 
@@ -378,26 +379,12 @@ class Config:
                               f"({settings_folder_source()}): {err}. Point the environment "
                               f"variable {SETTINGS_ENV} at a folder you can write.") from None
         check_settings_folder(folder, settings_sharing(), settings_folder_source())
-        temporary = None
         try:
-            import tempfile  # (only here: writing the settings)
-            fd, temporary = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=folder)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-            temporary = None
+            write_settings_file(path, text)
         except OSError as err:
             raise ConfigError(f"Cannot write {path} ({err}). The settings folder {folder} "
                               f"must be a folder you can write; point {SETTINGS_ENV} at "
                               "one.") from None
-        finally:
-            if temporary is not None:
-                try:
-                    os.unlink(temporary)
-                except OSError:
-                    pass
         logging.getLogger("persist_to_disk").info("Settings written to %s", path)
         return path
 

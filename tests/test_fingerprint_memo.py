@@ -227,3 +227,27 @@ def test_one_file_run_as_two_modules_with_other_decorators_memoizes_each_text(tm
                                   extra_env=NO_BYTECODE).stdout.strip().splitlines()[-1])
     assert first["main"] == fresh(project, tmp_path)["decorated"]
     assert compute(project, home)["fingerprints"]["decorated"] == first["main"]
+
+
+def test_settings_files_are_replaced_whole_and_leave_no_temporary(tmp_path):
+    """The one writer of settings files (config.ini, memos): owner-only, renamed over the old
+    text, and a failed write leaves neither the file nor its temporary behind."""
+    from persist_to_disk.projects import write_settings_file
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    path = settings / "memo.json"
+    write_settings_file(str(path), "old")
+    write_settings_file(str(path), "new", durable=False)
+    assert path.read_text() == "new"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in settings.iterdir()] == ["memo.json"]
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    (folder / "memo.json").mkdir()  # (os.replace of a file over a folder fails)
+    try:
+        write_settings_file(str(folder / "memo.json"), "text")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("no OSError")
+    assert [p.name for p in folder.iterdir()] == ["memo.json"]
