@@ -121,6 +121,8 @@ import tokenize
 import types
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+# keying.py's _blake2b, imported again here: this module imports nothing of the package, so
+# that other Pythons can load it alone (test_code_fingerprint's 3.9-3.13 comparison)
 try:  # (hashlib.blake2b is this class; hashlib itself also loads OpenSSL, ~3 ms)
     from _blake2 import blake2b as _blake2b
 except ImportError:
